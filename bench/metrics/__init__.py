@@ -1,0 +1,1 @@
+"""Metrics: transfer ASR (three definitions) with intervals, smoothness, gradient similarity."""

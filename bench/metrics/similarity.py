@@ -1,0 +1,197 @@
+"""Gradient similarity between a surrogate and a target (Zhang et al., "Why Does Little Robustness Help?", Def. 2).
+
+For an image ``x`` with true label ``y`` the similarity of surrogate ``F`` and target ``G`` is the cosine between
+their input gradients of the cross-entropy loss, ``cos(grad_x loss_F(x, y), grad_x loss_G(x, y))``. A transfer
+attack follows the surrogate's gradient, so the better it is aligned with the target's, the better the attack
+transfers.
+
+A cosine is undefined when either gradient is exactly zero (e.g. a saturated softmax or dead ReLUs). Such
+images get NaN rather than 0: a 0 would claim "orthogonal gradients" and bias the mean towards zero.
+``SimilarityResult`` therefore aggregates over the finite values only and reports how many there are.
+
+This module also holds the small input checks shared with ``bench.metrics.smoothness``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SimilarityResult:
+    """Per-image gradient cosines of one (surrogate, target) pair; NaN where the cosine is undefined."""
+
+    cosines: torch.Tensor  # (N,) float32 on CPU
+
+    @property
+    def n_valid(self) -> int:
+        """Number of images with a defined (finite) cosine."""
+        return int(torch.isfinite(self.cosines).sum())
+
+    @property
+    def mean(self) -> float:
+        """Mean cosine over the finite values (NaN if there are none)."""
+        finite = self.cosines[torch.isfinite(self.cosines)]
+        return float(finite.mean()) if finite.numel() else math.nan
+
+    @property
+    def min(self) -> float:
+        """Smallest cosine over the finite values (NaN if there are none): the worst-aligned image."""
+        finite = self.cosines[torch.isfinite(self.cosines)]
+        return float(finite.min()) if finite.numel() else math.nan
+
+
+def check_eval_mode(model: nn.Module) -> None:
+    """Raise ValueError if ``model`` or any of its submodules is in training mode.
+
+    The metrics here are per-image quantities. In training mode BatchNorm normalises with the statistics of the
+    batch, which couples the images of a batch (the input Hessian gains cross-image blocks), and dropout makes
+    the loss random. Submodules are checked too: a BatchNorm left in train mode inside an eval model does the same.
+    """
+    for name, module in model.named_modules():
+        if module.training:
+            where = f"submodule {name!r} ({type(module).__name__}) of " if name else ""
+            raise ValueError(
+                f"{where}model {type(model).__name__} is in training mode; per-image gradient metrics need "
+                "eval mode (BatchNorm in train mode couples the images of a batch): call model.eval() first"
+            )
+
+
+def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """``device`` if given, else the device of the model's first parameter or buffer, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Context that switches autocast off on ``device``, so a caller's mixed-precision region cannot leak in."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def check_batch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Validate an image batch ``x`` (B, C, H, W) and labels ``y`` (B,); return ``y`` as int64 on x's device."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
+        got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating-point image batch (B, C, H, W) in [0, 1], got {got}")
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of class indices, got {getattr(y, 'dtype', type(y))}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape ({x.shape[0]},) to match x {tuple(x.shape)}, got {tuple(y.shape)}")
+    return y.to(device=x.device, dtype=torch.long)
+
+
+def check_dataset(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> int:
+    """Validate a full image set and the batch size; return the number of images N."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch(images, labels)
+    return images.shape[0]
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image input gradients ``grad_x CE(model(x), y)``, shape (B, C, H, W), detached.
+
+    The loss is the SUM of per-image losses: in eval mode image i's loss depends on x_i only, so the gradient of
+    the sum w.r.t. x_i is exactly image i's own gradient (a mean would scale it by 1/B). Runs in x's dtype with
+    autocast off. A model whose loss does not depend on x yields zeros.
+    """
+    check_eval_mode(model)
+    y = check_batch(x, y)
+    x = x.detach().requires_grad_(True)  # (B, C, H, W)
+    with torch.enable_grad(), no_autocast(x.device):
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        if not loss.requires_grad:
+            return torch.zeros_like(x)
+        (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad.detach()
+
+
+def cosine_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine of two (B, ...) tensors, flattened per image: (B,) float32 on CPU, NaN where a norm is 0.
+
+    Each row is first divided by its largest absolute entry. The cosine is scale-invariant, and this keeps tiny
+    but non-zero gradients (whose squares would underflow in float32) from being mistaken for zero ones.
+    """
+    a = a.detach().flatten(1).float()  # (B, D)
+    b = b.detach().flatten(1).float()  # (B, D)
+    a_max = a.abs().amax(dim=1, keepdim=True)  # (B, 1)
+    b_max = b.abs().amax(dim=1, keepdim=True)  # (B, 1)
+    valid = (a_max > 0) & (b_max > 0)  # (B, 1)
+    a = a / torch.where(valid, a_max, torch.ones_like(a_max))
+    b = b / torch.where(valid, b_max, torch.ones_like(b_max))
+    denom = a.norm(dim=1) * b.norm(dim=1)  # (B,)
+    cos = (a * b).sum(dim=1) / torch.where(valid[:, 0], denom, torch.ones_like(denom))  # (B,)
+    cos = cos.clamp(-1.0, 1.0)  # rounding can step just outside [-1, 1]
+    return torch.where(valid[:, 0], cos, torch.full_like(cos, math.nan)).cpu()
+
+
+def gradient_cosine(surrogate: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) float32 on CPU: per-image cosine between the surrogate's and the target's input gradients.
+
+    NaN for an image where either gradient is exactly zero (the cosine is undefined there).
+    """
+    return cosine_per_image(input_gradient(surrogate, x, y), input_gradient(target, x, y))
+
+
+def gradient_similarity(
+    surrogate: nn.Module,
+    target: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> SimilarityResult:
+    """Gradient cosines of one surrogate/target pair over an image set, in batches of ``batch_size``.
+
+    ``images`` (N, C, H, W) float in [0, 1] and ``labels`` (N,) may live on CPU; each batch is moved to ``device``
+    (default: the surrogate's device) as float32. Both models must already be on that device and in eval mode.
+    """
+    return gradient_similarity_many(
+        surrogate, {"target": target}, images, labels, batch_size=batch_size, device=device
+    )["target"]
+
+
+def gradient_similarity_many(
+    surrogate: nn.Module,
+    targets: Mapping[str, nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> dict[str, SimilarityResult]:
+    """Like ``gradient_similarity`` for several targets: name -> result, same keys and order as ``targets``.
+
+    The surrogate's gradient of each batch is computed once and reused for every target, which saves one
+    backward pass of the surrogate per target.
+    """
+    check_eval_mode(surrogate)
+    for target in targets.values():
+        check_eval_mode(target)
+    n = check_dataset(images, labels, batch_size)
+    device = resolve_device(surrogate, device)
+    if not targets:
+        return {}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in targets}
+    for start in range(0, n, batch_size):
+        x = images[start : start + batch_size].to(device=device, dtype=torch.float32)  # (b, C, H, W)
+        y = labels[start : start + batch_size].to(device)  # (b,)
+        grad_surrogate = input_gradient(surrogate, x, y)  # (b, C, H, W)
+        for name, target in targets.items():
+            parts[name].append(cosine_per_image(grad_surrogate, input_gradient(target, x, y)))
+    empty = torch.empty(0, dtype=torch.float32)
+    return {name: SimilarityResult(torch.cat(p) if p else empty) for name, p in parts.items()}

@@ -1,0 +1,55 @@
+"""Architectures (one per file) and the [0,1]-input wrapper every model is evaluated through.
+
+``build_model("cifar_resnet18", num_classes=10, mean=..., std=...)`` returns a ``NormalizedModel``;
+``timm:<name>`` builds any timm architecture (random init; weights come from a checkpoint).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from bench.models.normalize import NormalizedModel
+from bench.models.registry import ARCHS
+
+# Importing the architecture modules fills ARCHS.
+from bench.models import cifar_resnet, resnet18, tiny  # noqa: F401  isort: skip
+
+TIMM_PREFIX = "timm:"
+
+__all__ = ["ARCHS", "NormalizedModel", "build_architecture", "build_model", "known_architecture"]
+
+
+def known_architecture(name: str) -> bool:
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        return timm.is_model(name[len(TIMM_PREFIX) :])
+    return name in ARCHS
+
+
+def build_architecture(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """The bare network (expects normalized input), randomly initialised."""
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        timm_name = name[len(TIMM_PREFIX) :]
+        if not timm.is_model(timm_name):
+            close = timm.list_models(f"*{timm_name.split('.')[0]}*")[:5]
+            raise ValueError(f"unknown timm architecture {timm_name!r}; similar names: {close}")
+        return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **kwargs)
+    return ARCHS.get(name)(num_classes=num_classes, **kwargs)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    **kwargs: Any,
+) -> NormalizedModel:
+    """Architecture wrapped so that it takes images in [0, 1]."""
+    return NormalizedModel(build_architecture(name, num_classes, **kwargs), mean, std)

@@ -1,0 +1,54 @@
+"""Small networks for the offline smoke protocol (8x8 digits) and the CPU tests.
+
+They are real architectures of the ``smoke-digits`` protocol, not mocks: two families (a CNN and an
+MLP) so that the smoke run has cross-architecture transfer to measure.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.models.registry import ARCHS
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+        )
+        self.head = nn.Linear(8 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class MLP(nn.Module):
+    def __init__(self, num_classes: int = 10, in_features: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@ARCHS.register("small_cnn")
+def small_cnn(num_classes: int = 10, in_chans: int = 1, width: int = 16) -> SmallCNN:
+    """Three-conv CNN with ~10k parameters (width 16)."""
+    return SmallCNN(num_classes=num_classes, in_chans=in_chans, width=width)
+
+
+@ARCHS.register("mlp")
+def mlp(num_classes: int = 10, in_features: int = 64, hidden: int = 128) -> MLP:
+    """Two-hidden-layer ReLU MLP over flattened pixels."""
+    return MLP(num_classes=num_classes, in_features=in_features, hidden=hidden)

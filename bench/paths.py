@@ -1,0 +1,30 @@
+"""Where TransferBench keeps its state. ``TRANSFERBENCH_HOME`` (default ``~/.transferbench``) holds:
+
+leaderboard/   the local leaderboard, one JSON record per submission (the embedded default store)
+weights/       downloaded target weights, verified by sha256
+demo/          data and models of the offline smoke protocol
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("TRANSFERBENCH_HOME", Path.home() / ".transferbench")).expanduser()
+
+
+def leaderboard_dir() -> Path:
+    return home() / "leaderboard"
+
+
+def weights_cache() -> Path:
+    return home() / "weights"
+
+
+def offline() -> bool:
+    """True when downloads are forbidden (air-gapped sites): TRANSFERBENCH_OFFLINE or HF_HUB_OFFLINE."""
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("TRANSFERBENCH_OFFLINE", "HF_HUB_OFFLINE")
+    )

@@ -1,0 +1,204 @@
+"""Frozen, versioned, hashed protocols. Two results are comparable only if their protocol hashes agree.
+
+A protocol pins everything but the surrogate: data set, split and image list, the rule for targeted
+labels, the target zoo, the attack grid (attacks x budgets x modes), steps and step sizes, seeds,
+numeric precision, the smoothness / similarity subsets and iteration counts, the metric definitions
+and the ranking rule. ``Protocol.sha256`` is the hash of its canonical JSON; changing any field is a
+new version. Budgets are stored as integers over 255 (``eps_255``) so the JSON holds exact numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from bench import rng
+from bench.registry import Registry
+
+Mode = Literal["untargeted", "targeted"]
+ASR_DEFINITIONS = ("target_correct", "both_correct", "all")
+
+METRIC_DEFINITIONS = {
+    "asr.target_correct": "success rate over images the target classifies correctly when clean (ranking default)",
+    "asr.both_correct": "seed 002 Definition 3: over images surrogate AND target classify correctly; success when "
+    "both are fooled (targeted: both output the target label)",
+    "asr.all": "success rate over all images of the list (TransferAttack convention)",
+    "success.untargeted": "prediction on x_adv differs from the true label",
+    "success.targeted": "prediction on x_adv equals the assigned target label",
+    "surrogate.fooling_rate": "white-box success on the surrogate over images it classifies correctly (1 - alpha)",
+    "smoothness": "seed 002 Definition 1: dominant (largest-magnitude) eigenvalue of the input Hessian of the "
+    "cross-entropy at the true label, per image, by power iteration on Hessian-vector products; mean and max",
+    "similarity": "seed 002 Definition 2: cosine of surrogate and target input gradients of the cross-entropy at the "
+    "true label, per image; mean and min over images with non-zero gradients",
+    "ci": "95% Wilson score interval on every ASR",
+}
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of the grid: a registry key and its hyperparameters (step sizes relative to eps)."""
+
+    attack: str
+    steps: int
+    params: tuple[tuple[str, float | bool], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (attack, budget, mode) setting; ``key`` is how records and tables name it."""
+
+    attack: str
+    eps_255: int
+    mode: Mode
+
+    @property
+    def eps(self) -> float:
+        return self.eps_255 / 255
+
+    @property
+    def key(self) -> str:
+        return f"{self.attack}/linf-{self.eps_255}/{self.mode}"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    version: int
+    kind: Literal["benchmark", "smoke"]
+    status: Literal["provisional", "frozen"]
+    description: str
+    dataset: str
+    split: str
+    image_ids: tuple[int, ...]
+    num_classes: int
+    input_size: tuple[int, int, int]
+    targets: tuple[str, ...]
+    attacks: tuple[AttackSpec, ...]
+    eps_255: tuple[int, ...]
+    modes: tuple[Mode, ...]
+    seed: int
+    precision: Literal["fp32"]
+    smoothness_images: int
+    smoothness_iters: int
+    smoothness_tol: float
+    similarity_images: int
+    ranking_cell: str
+    ranking_asr: str = "target_correct"
+    target_label_rule: str = "t = (y + 1 + u mod (K - 1)) mod K, u = rng.randint(seed, 'target_label', image id)"
+    metric_definitions: dict[str, str] = field(default_factory=lambda: dict(METRIC_DEFINITIONS))
+
+    def __post_init__(self) -> None:
+        keys = {c.key for c in self.cells()}
+        if self.ranking_cell not in keys:
+            raise ValueError(f"ranking cell {self.ranking_cell!r} is not in the grid of {self.name}")
+        if self.ranking_asr not in ASR_DEFINITIONS:
+            raise ValueError(f"ranking_asr must be one of {ASR_DEFINITIONS}")
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-v{self.version}"
+
+    def cells(self) -> list[Cell]:
+        return [Cell(a.attack, e, m) for a in self.attacks for e in self.eps_255 for m in self.modes]
+
+    def attack_spec(self, attack: str) -> AttackSpec:
+        return next(a for a in self.attacks if a.attack == attack)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def sha256(self) -> str:
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def target_labels(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Fixed per-image target class for targeted attacks, never the true class."""
+        k = self.num_classes
+        u = rng.randint(self.seed, "target_label", ids, 0, 1, 0, k - 1)[:, 0]
+        return (labels + 1 + u) % k
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+
+CORE_ATTACKS = (
+    AttackSpec("pgd", steps=10, params=(("random_start", True), ("step_frac", 0.25))),
+    AttackSpec("mifgsm", steps=10, params=(("mu", 1.0),)),
+    AttackSpec("dim", steps=10, params=(("mu", 1.0), ("p", 0.5), ("resize_rate", 1.1))),
+)
+
+PROTOCOLS.add(
+    "cifar10",
+    Protocol(
+        name="cifar10",
+        version=1,
+        kind="benchmark",
+        status="provisional",
+        description="CIFAR-10 test split (all 10,000 images), 32x32 surrogates, L-inf PGD/MI-FGSM/DIM x {4,8,16}/255 "
+        "x {untargeted, targeted}, 10 steps, fp32. Provisional: the target zoo holds the external He et al. "
+        "ResNets until the multi-family zoo lands as v2.",
+        dataset="cifar10",
+        split="test",
+        image_ids=tuple(range(10_000)),
+        num_classes=10,
+        input_size=(3, 32, 32),
+        targets=("akamaster-resnet20", "akamaster-resnet32", "akamaster-resnet44", "akamaster-resnet56"),
+        attacks=CORE_ATTACKS,
+        eps_255=(4, 8, 16),
+        modes=("untargeted", "targeted"),
+        seed=0,
+        precision="fp32",
+        smoothness_images=1000,
+        smoothness_iters=20,
+        smoothness_tol=1e-3,
+        similarity_images=1000,
+        ranking_cell="pgd/linf-8/untargeted",
+    ),
+)
+
+PROTOCOLS.add(
+    "smoke-digits",
+    Protocol(
+        name="smoke-digits",
+        version=1,
+        kind="smoke",
+        status="frozen",
+        description="Offline smoke protocol on scikit-learn's 8x8 digits (every third image held out, 599 images). "
+        "Exercises the whole pipeline on a CPU in minutes; its numbers are never benchmark results.",
+        dataset="digits",
+        split="all",
+        image_ids=tuple(range(0, 1797, 3)),
+        num_classes=10,
+        input_size=(1, 8, 8),
+        targets=("smoke-cnn-a", "smoke-cnn-b", "smoke-mlp"),
+        attacks=CORE_ATTACKS,
+        eps_255=(16, 32, 64),
+        modes=("untargeted", "targeted"),
+        seed=0,
+        precision="fp32",
+        smoothness_images=200,
+        smoothness_iters=20,
+        smoothness_tol=1e-3,
+        similarity_images=200,
+        ranking_cell="pgd/linf-32/untargeted",
+    ),
+)
+
+
+def get_protocol(name: str) -> Protocol:
+    """``cifar10`` or ``cifar10-v1``; the version suffix is checked if given."""
+    base, _, version = name.partition("-v")
+    if version and base in PROTOCOLS:
+        proto = PROTOCOLS.get(base)
+        if str(proto.version) != version:
+            raise ValueError(f"protocol {base!r} is at version {proto.version}; version {version} is not available")
+        return proto
+    return PROTOCOLS.get(name)

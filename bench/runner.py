@@ -1,0 +1,299 @@
+"""Evaluate one surrogate submission under one protocol and return a provenance-carrying record.
+
+Each adversarial batch is crafted once on the surrogate and scored on every target. Per-image outcomes
+are kept as bits so every ASR definition (and later paired comparisons) can be recomputed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench import provenance
+from bench.attacks import run_attack
+from bench.checks import check_logits, check_model
+from bench.data import ImageSet, load_cifar10, load_digits_smoke
+from bench.metrics.asr import Rate, pack_bits, transfer_rates
+from bench.metrics.similarity import gradient_similarity_many
+from bench.metrics.smoothness import smoothness
+from bench.protocol import Cell, Protocol
+from leaderboard.record import Record
+from surrogates.submission import Surrogate
+from targets.zoo import LoadedTarget
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation cannot run as asked; the message says why and what to change."""
+
+
+def load_protocol_data(protocol: Protocol, data_dir: str | None = None) -> ImageSet:
+    if protocol.dataset == "cifar10":
+        return load_cifar10(protocol.split, data_dir)
+    if protocol.dataset == "digits":
+        return load_digits_smoke()
+    raise EvaluationError(f"protocol {protocol.id} uses unknown dataset {protocol.dataset!r}")
+
+
+def select_images(protocol: Protocol, data: ImageSet, limit: int | None) -> ImageSet:
+    """The protocol's image list (optionally its first ``limit`` images) in protocol order."""
+    pos = {int(i): p for p, i in enumerate(data.ids.tolist())}
+    wanted = protocol.image_ids[:limit] if limit else protocol.image_ids
+    missing = [i for i in wanted if i not in pos]
+    if missing:
+        raise EvaluationError(f"{data.source} lacks {len(missing)} image ids of {protocol.id} (first: {missing[:5]}).")
+    subset = data.subset(torch.tensor([pos[i] for i in wanted]))
+    if tuple(subset.pixels.shape[1:]) != tuple(protocol.input_size):
+        raise EvaluationError(
+            f"{data.source} images are {tuple(subset.pixels.shape[1:])}, {protocol.id} expects {protocol.input_size}."
+        )
+    return subset
+
+
+def balanced_subset(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
+    """First ceil(n/K) images of each class in list order (the smoothness/similarity subset rule)."""
+    per_class = -(-n // num_classes)
+    picks = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)]
+    return torch.sort(torch.cat(picks)).values[:n]
+
+
+@dataclass
+class _Batches:
+    x: torch.Tensor  # (N, C, H, W) float in [0, 1], CPU
+    y: torch.Tensor  # (N,)
+    t: torch.Tensor  # (N,) target labels
+    ids: torch.Tensor  # (N,)
+    batch_size: int
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for s in range(0, len(self.y), self.batch_size):
+            yield slice(s, s + self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+
+@torch.no_grad()
+def predictions(name: str, model: nn.Module, b: _Batches, device: torch.device, num_classes: int) -> torch.Tensor:
+    out = []
+    for sl in b:
+        logits = model(b.x[sl].to(device))
+        check_logits(name, logits, num_classes)
+        out.append(logits.argmax(1).cpu())
+    return torch.cat(out)
+
+
+def _success(pred: torch.Tensor, cell: Cell, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return pred == t if cell.mode == "targeted" else pred != y
+
+
+def _craft_and_score(
+    model: nn.Module,
+    protocol: Protocol,
+    b: _Batches,
+    targets: dict[str, LoadedTarget],
+    device: torch.device,
+    bar: tqdm,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Success bits per cell and model ('surrogate' + every target)."""
+    cells = protocol.cells()
+    bits: dict[str, dict[str, list[torch.Tensor]]] = {c.key: {} for c in cells}
+    for sl in b:
+        x, y, t, ids = b.x[sl].to(device), b.y[sl].to(device), b.t[sl].to(device), b.ids[sl]
+        for cell in cells:
+            spec = protocol.attack_spec(cell.attack)
+            goal = t if cell.mode == "targeted" else y
+            x_adv = run_attack(
+                cell.attack,
+                model,
+                x,
+                goal,
+                cell.eps,
+                steps=spec.steps,
+                targeted=cell.mode == "targeted",
+                ids=ids,
+                seed=protocol.seed,
+                params=spec.kwargs,
+            )
+            with torch.no_grad():
+                scored = {"surrogate": model(x_adv), **{n: tg.model(x_adv) for n, tg in targets.items()}}
+            for name, logits in scored.items():
+                check_logits(name, logits, protocol.num_classes)
+                bits[cell.key].setdefault(name, []).append(_success(logits.argmax(1), cell, y, t).cpu())
+            bar.update(1)
+    return {k: {n: torch.cat(v).numpy() for n, v in d.items()} for k, d in bits.items()}
+
+
+def _run_result(
+    name: str,
+    sha: str,
+    model: nn.Module,
+    protocol: Protocol,
+    b: _Batches,
+    targets: dict[str, LoadedTarget],
+    target_correct: dict[str, np.ndarray],
+    device: torch.device,
+    bar: tqdm,
+) -> dict[str, Any]:
+    check_model(name, model, b.x[: min(8, len(b.y))].to(device), protocol.num_classes)
+    correct = (predictions(name, model, b, device, protocol.num_classes) == b.y).numpy()
+    success = _craft_and_score(model, protocol, b, targets, device, bar)
+    cells: dict[str, Any] = {}
+    for key, per_model in success.items():
+        s_bits = per_model["surrogate"]
+        cells[key] = {
+            "fooling_rate": Rate(int((s_bits & correct).sum()), int(correct.sum())).to_json(),
+            "targets": {
+                n: {d: r.to_json() for d, r in transfer_rates(target_correct[n], per_model[n], correct, s_bits).items()}
+                for n in targets
+            },
+        }
+    sub = balanced_subset(b.y, protocol.smoothness_images, protocol.num_classes)
+    sm = smoothness(
+        model,
+        b.x[sub],
+        b.y[sub],
+        batch_size=b.batch_size,
+        iters=protocol.smoothness_iters,
+        tol=protocol.smoothness_tol,
+        device=device,
+        ids=b.ids[sub],
+    )
+    sim_sub = balanced_subset(b.y, protocol.similarity_images, protocol.num_classes)
+    sims = gradient_similarity_many(
+        model,
+        {n: t.model for n, t in targets.items()},
+        b.x[sim_sub],
+        b.y[sim_sub],
+        batch_size=b.batch_size,
+        device=device,
+    )
+    return {
+        "name": name,
+        "sha256": sha,
+        "clean_accuracy": float(correct.mean()),
+        "smoothness": {
+            "mean": sm.mean,
+            "max": sm.max,
+            "n": len(sm.eigenvalues),
+            "iterations": sm.iterations,
+            "n_converged": sm.n_converged,
+        },
+        "similarity": {n: {"mean": _finite(s.mean), "min": _finite(s.min), "n": s.n_valid} for n, s in sims.items()},
+        "cells": cells,
+        "outcomes": {
+            "clean_correct": pack_bits(correct),
+            "success": {k: {n: pack_bits(v) for n, v in d.items()} for k, d in success.items()},
+        },
+    }
+
+
+def _finite(v: float) -> float | None:
+    return v if np.isfinite(v) else None
+
+
+def score_of(run: dict[str, Any], protocol: Protocol) -> float:
+    """Ranking number of one run: mean over targets of the ranking ASR in the ranking cell."""
+    per_target = run["cells"][protocol.ranking_cell]["targets"]
+    rates = [
+        t[protocol.ranking_asr]["rate"] for t in per_target.values() if t[protocol.ranking_asr]["rate"] is not None
+    ]
+    if not rates:
+        raise EvaluationError(f"no target has a defined {protocol.ranking_asr} ASR in {protocol.ranking_cell}")
+    return float(np.mean(rates))
+
+
+def evaluate(
+    surrogate: Surrogate,
+    protocol: Protocol,
+    data: ImageSet,
+    targets: dict[str, LoadedTarget],
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Record:
+    """Run the protocol's whole grid on every run of the surrogate; nothing is written here."""
+    device = torch.device(device)
+    start = time.perf_counter()
+    if surrogate.num_classes != protocol.num_classes:
+        raise EvaluationError(
+            f"surrogate {surrogate.name} has {surrogate.num_classes} classes; {protocol.id} has "
+            f"{protocol.num_classes}. Fix num_classes in its config.json or pick another protocol."
+        )
+    missing = [n for n in protocol.targets if n not in targets]
+    if missing:
+        raise EvaluationError(f"{protocol.id} needs targets {missing}; load them with targets.load_targets().")
+    images = select_images(protocol, data, limit)
+    torch.manual_seed(protocol.seed)  # nothing should draw from it; set so that anything that does is repeatable
+    b = _Batches(
+        images.images(), images.labels, protocol.target_labels(images.ids, images.labels), images.ids, batch_size
+    )
+    target_correct = {}
+    target_info = {}
+    for n, tg in targets.items():
+        check_model(n, tg.model, b.x[: min(8, len(b.y))].to(device), protocol.num_classes)
+        target_correct[n] = (predictions(n, tg.model, b, device, protocol.num_classes) == b.y).numpy()
+        target_info[n] = {
+            "sha256": tg.sha256,
+            "source": tg.source,
+            "family": tg.family,
+            "clean_accuracy": float(target_correct[n].mean()),
+            "clean_correct": pack_bits(target_correct[n]),
+        }
+    total = len(surrogate.runs) * len(b) * len(protocol.cells())
+    runs = []
+    with tqdm(total=total, desc=f"{surrogate.name} @ {protocol.id}", disable=not progress, unit="batch") as bar:
+        for name, model in zip(surrogate.run_names, surrogate.runs, strict=True):
+            sha = surrogate.member_sha256.get(name, surrogate.sha256)
+            runs.append(_run_result(name, sha, model, protocol, b, targets, target_correct, device, bar))
+    scores = [score_of(r, protocol) for r in runs]
+    return Record(
+        submission={
+            "name": surrogate.name,
+            "kind": surrogate.kind,
+            "sha256": surrogate.sha256,
+            "members": surrogate.member_sha256,
+            "metadata": surrogate.config.metadata,
+            "source": surrogate.source,
+        },
+        protocol={
+            "name": protocol.name,
+            "version": protocol.version,
+            "sha256": protocol.sha256,
+            "kind": protocol.kind,
+            "status": protocol.status,
+            "ranking_cell": protocol.ranking_cell,
+            "ranking_asr": protocol.ranking_asr,
+        },
+        data={
+            "source": data.source,
+            "sha256": images.content_sha256(),
+            "full_sha256": data.content_sha256(),
+            "n_images": len(images),
+            "partial": limit is not None and limit < len(protocol.image_ids),
+        },
+        targets=target_info,
+        runs=runs,
+        score={
+            "mean": float(np.mean(scores)),
+            "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+            "per_run": scores,
+        },
+        provenance={
+            **provenance.collect(device, precision=protocol.precision, seed=protocol.seed),
+            "batch_size": batch_size,
+            "wall_time_s": time.perf_counter() - start,
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )

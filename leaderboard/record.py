@@ -1,0 +1,98 @@
+"""The result record: one JSON document per evaluated submission, numbers as numbers, full provenance.
+
+Layout (schema_version 1)::
+
+    submission   name, kind, sha256, member sha256s, metadata (recipe, paper, ...), source
+    protocol     name, version, sha256, kind, status, ranking rule
+    data         source, content sha256, number of images, partial flag (a --limit run)
+    targets      per target: sha256, source, family, clean accuracy
+    runs         one per model evaluated (one, or one per seed of a seed group), each with clean accuracy,
+                 smoothness, similarity per target, per-cell fooling rate and ASRs, and the per-image
+                 outcome bits they were computed from
+    score        the ranking number: mean over targets of the ranking ASR in the ranking cell, mean (and
+                 std over seeds) across runs
+    provenance   package version and git sha, python/torch/CUDA versions, device, precision, seed, wall time
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA = "transferbench.record"
+SCHEMA_VERSION = 1
+REQUIRED = ("submission", "protocol", "data", "targets", "runs", "score", "provenance")
+
+
+class RecordError(ValueError):
+    """A record does not follow the schema; the message names the field."""
+
+
+@dataclass
+class Record:
+    submission: dict[str, Any]
+    protocol: dict[str, Any]
+    data: dict[str, Any]
+    targets: dict[str, dict[str, Any]]
+    runs: list[dict[str, Any]]
+    score: dict[str, Any]
+    provenance: dict[str, Any]
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def submission_id(self) -> str:
+        """Stable file name: the submission's name and its content hash."""
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(self.submission["name"])).strip("-")
+        return f"{slug or 'surrogate'}-{self.submission['sha256'][:12]}"
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"schema": self.schema, "schema_version": self.schema_version}
+        d.update({k: getattr(self, k) for k in REQUIRED})
+        if self.extra:
+            d["extra"] = self.extra
+        return d
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, d: Any, *, where: str = "record") -> Record:
+        validate(d, where=where)
+        return cls(**{k: d[k] for k in REQUIRED}, schema=d["schema"], schema_version=d["schema_version"],
+                   extra=d.get("extra", {}))  # fmt: skip
+
+
+def _require(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise RecordError(f"{where}: {msg}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate(d: Any, *, where: str = "record") -> None:
+    """Check the structure and the types that tables and comparisons rely on."""
+    _require(isinstance(d, dict), where, "a record is a JSON object")
+    _require(d.get("schema") == SCHEMA, where, f"'schema' must be {SCHEMA!r}")
+    _require(d.get("schema_version") == SCHEMA_VERSION, where, f"schema_version must be {SCHEMA_VERSION}")
+    for k in REQUIRED:
+        _require(k in d, where, f"missing field {k!r}")
+    sub, proto = d["submission"], d["protocol"]
+    for k in ("name", "kind", "sha256"):
+        _require(isinstance(sub.get(k), str), where, f"submission.{k} must be a string")
+    for k in ("name", "sha256"):
+        _require(isinstance(proto.get(k), str), where, f"protocol.{k} must be a string")
+    _require(isinstance(proto.get("version"), int), where, "protocol.version must be an integer")
+    _require(isinstance(d["data"].get("sha256"), str), where, "data.sha256 must be a string")
+    _require(isinstance(d["runs"], list) and d["runs"], where, "runs must be a non-empty list")
+    for i, run in enumerate(d["runs"]):
+        _require(_is_number(run.get("clean_accuracy")), where, f"runs[{i}].clean_accuracy must be a number")
+        _require(isinstance(run.get("cells"), dict), where, f"runs[{i}].cells must be an object")
+    _require(_is_number(d["score"].get("mean")), where, "score.mean must be a number")
+    for k in ("package_version", "torch", "device", "precision", "seed"):
+        _require(k in d["provenance"], where, f"provenance.{k} is missing")

@@ -1,0 +1,59 @@
+"""Ranked tables: pure functions of records (pandas)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import pandas as pd
+
+from leaderboard.record import Record
+
+
+def ranked_table(records: Iterable[Record]) -> pd.DataFrame:
+    """One row per record, best first within each protocol.
+
+    Rank by ``score`` (the protocol's ranking rule: mean over targets of the ranking ASR in the ranking
+    cell). Rows from partial runs (--limit) or from data whose content hash differs from the other rows
+    are kept but flagged, since they are not comparable.
+    """
+    rows = []
+    for r in records:
+        run0 = r.runs[0]
+        sims = [s["mean"] for s in run0.get("similarity", {}).values() if s.get("mean") is not None]
+        std = r.score.get("std")
+        rows.append({
+            "protocol": f"{r.protocol['name']}-v{r.protocol['version']}",
+            "kind": r.protocol.get("kind", ""),
+            "surrogate": r.submission["name"],
+            "recipe": r.submission.get("metadata", {}).get("recipe", ""),
+            "type": r.submission["kind"],
+            "runs": len(r.runs),
+            "score": 100 * r.score["mean"],
+            "score_std": None if std is None else 100 * std,
+            "clean_acc": 100 * sum(x["clean_accuracy"] for x in r.runs) / len(r.runs),
+            "smoothness": run0.get("smoothness", {}).get("mean"),
+            "similarity": sum(sims) / len(sims) if sims else math.nan,
+            "partial": bool(r.data.get("partial", False)),
+            "data": r.data["sha256"][:10],
+            "sha256": r.submission["sha256"][:12],
+        })  # fmt: skip
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df = df.sort_values(["protocol", "partial", "score"], ascending=[True, True, False]).reset_index(drop=True)
+    df.insert(0, "rank", df.groupby("protocol").cumcount() + 1)
+    return df
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """Plain-text rendering, one block per protocol, smoke protocols labelled as such."""
+    if df.empty:
+        return "(no results yet: run `transferbench demo` or `transferbench evaluate`)"
+    blocks = []
+    for proto, sub in df.groupby("protocol", sort=True):
+        label = " [SMOKE: not benchmark results]" if (sub["kind"] == "smoke").any() else ""
+        shown = sub.drop(columns=["protocol", "kind"])
+        blocks.append(f"== {proto}{label} (score = mean transfer ASR %, ranking cell of the protocol) ==\n"
+                      + shown.to_string(index=False, float_format=lambda v: f"{v:.2f}"))  # fmt: skip
+    return "\n\n".join(blocks)

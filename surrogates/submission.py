@@ -1,0 +1,336 @@
+"""The submission folder, which is also a valid Hugging Face Hub model repository:
+
+    config.json         architecture, num_classes, input size, mean/std, free metadata (recipe, paper, ...)
+    model.safetensors   the bare network's state dict (the architecture's own parameter names)
+    README.md           model card
+
+``kind`` is ``single`` (the files above), ``ensemble`` (``members`` are sub-folders, each a single
+submission; logits are averaged into one surrogate) or ``seed-group`` (``members`` are independent
+runs of one recipe, evaluated one by one and reported as mean and std). Loading reads JSON and
+safetensors only: nothing in a submission is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bench.hashing import sha256_file, sha256_text
+from bench.models import NormalizedModel, build_model, known_architecture
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+HUB_PREFIX = "hf://"
+Kind = Literal["single", "ensemble", "seed-group"]
+
+
+class SubmissionError(ValueError):
+    """The submission folder is not valid; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    kind: Kind
+    architecture: str = ""
+    num_classes: int = 0
+    input_size: tuple[int, int, int] = (3, 32, 32)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    members: tuple[str, ...] = ()
+    transferbench_format: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.kind != "single":
+            for k in ("architecture", "num_classes", "input_size", "mean", "std", "arch_kwargs"):
+                d.pop(k)
+        else:
+            d.pop("members")
+        return d
+
+
+def read_config(folder: Path) -> SurrogateConfig:
+    """Parse and validate ``config.json``; every problem names the file and what to change."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise SubmissionError(f"{path} not found: a submission folder needs {CONFIG_NAME} and {WEIGHTS_NAME}.")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SubmissionError(f"{path} is not valid JSON ({e}).") from None
+    if not isinstance(raw, dict):
+        raise SubmissionError(f"{path} must hold a JSON object.")
+    fmt = raw.get("transferbench_format", FORMAT_VERSION)
+    if fmt != FORMAT_VERSION:
+        raise SubmissionError(
+            f"{path}: transferbench_format {fmt} is not supported (this version reads {FORMAT_VERSION})."
+        )
+    kind = raw.get("kind", "single")
+    if kind not in ("single", "ensemble", "seed-group"):
+        raise SubmissionError(f"{path}: kind must be 'single', 'ensemble' or 'seed-group', got {kind!r}.")
+    if kind != "single":
+        members = raw.get("members")
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            raise SubmissionError(f"{path}: a {kind} needs 'members', a non-empty list of sub-folder names.")
+        return SurrogateConfig(kind=kind, members=tuple(members), metadata=dict(raw.get("metadata", {})))
+    return _single_config(path, raw)
+
+
+def _single_config(path: Path, raw: dict[str, Any]) -> SurrogateConfig:
+    arch = raw.get("architecture")
+    if not isinstance(arch, str) or not known_architecture(arch):
+        from bench.models import ARCHS
+
+        raise SubmissionError(
+            f"{path}: unknown architecture {arch!r}. Use a registered name ({', '.join(ARCHS)}) or 'timm:<model>'."
+        )
+    n = raw.get("num_classes")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise SubmissionError(f"{path}: num_classes must be an integer >= 2, got {n!r}.")
+    size = raw.get("input_size", [3, 32, 32])
+    mean, std = raw.get("mean"), raw.get("std")
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
+        raise SubmissionError(f"{path}: input_size must be [C, H, W], got {size!r}.")
+    for name, v in (("mean", mean), ("std", std)):
+        if not (isinstance(v, list) and len(v) == size[0] and all(isinstance(s, (int, float)) for s in v)):
+            raise SubmissionError(f"{path}: {name} must list {size[0]} numbers (one per channel), got {v!r}.")
+    if any(s <= 0 for s in std):
+        raise SubmissionError(f"{path}: std must be positive, got {std!r}.")
+    return SurrogateConfig(
+        kind="single",
+        architecture=arch,
+        num_classes=n,
+        input_size=(size[0], size[1], size[2]),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        arch_kwargs=dict(raw.get("arch_kwargs", {})),
+        metadata=dict(raw.get("metadata", {})),
+    )
+
+
+class Ensemble(nn.Module):
+    """Averages the logits of its members (all take [0, 1] inputs)."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+@dataclass
+class Surrogate:
+    """A loaded submission. ``runs`` holds one model (single, ensemble) or one per seed (seed-group)."""
+
+    name: str
+    kind: Kind
+    config: SurrogateConfig
+    sha256: str
+    runs: list[nn.Module]
+    run_names: list[str]
+    member_sha256: dict[str, str]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return self.runs[0].num_classes  # type: ignore[return-value]
+
+
+def _load_single(folder: Path, cfg: SurrogateConfig) -> tuple[NormalizedModel, str]:
+    wpath = folder / WEIGHTS_NAME
+    if not wpath.is_file():
+        raise SubmissionError(f"{wpath} not found: save the network's state dict with safetensors as {WEIGHTS_NAME}.")
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SubmissionError(f"{wpath} is not a readable safetensors file ({e}); re-export the checkpoint.") from None
+    model = build_model(cfg.architecture, cfg.num_classes, cfg.mean, cfg.std, **cfg.arch_kwargs)
+    load_state_strict(model.net, state, where=str(wpath), cfg=cfg)
+    model.eval()
+    model.num_classes = cfg.num_classes  # type: ignore[assignment]
+    return model, sha256_file(wpath)
+
+
+def load_state_strict(net: nn.Module, state: Mapping[str, torch.Tensor], *, where: str, cfg: SurrogateConfig) -> None:
+    """Load every tensor, or explain which names and shapes disagree with the architecture."""
+    expected = net.state_dict()
+    # BatchNorm's step counter does not affect inference; checkpoints from before torch 0.4.1 lack it.
+    state = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}, **state}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]  # fmt: skip
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:5]}" if missing else "",
+                f"unexpected {unexpected[:5]}" if unexpected else "",
+                f"shape mismatch {wrong[:3]}" if wrong else "",
+            )
+            if part
+        )
+        raise SubmissionError(
+            f"{where} does not match architecture {cfg.architecture!r} with num_classes={cfg.num_classes} "
+            f"and arch_kwargs={cfg.arch_kwargs}: {details}. Check config.json against the checkpoint."
+        )
+    net.load_state_dict(state, strict=True)
+
+
+def resolve(location: str | os.PathLike) -> tuple[Path, str]:
+    """A local folder, or ``hf://owner/repo[@revision]`` downloaded with huggingface_hub (safe files only)."""
+    loc = str(location)
+    if not loc.startswith(HUB_PREFIX):
+        path = Path(loc).expanduser()
+        if not path.is_dir():
+            raise SubmissionError(f"surrogate folder {path} does not exist (or use hf://owner/repo@revision).")
+        return path, str(path.resolve())
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = loc[len(HUB_PREFIX) :].partition("@")
+    local = snapshot_download(
+        repo_id=repo,
+        revision=revision or None,
+        allow_patterns=["*.json", "*.safetensors", "*.md"],  # never pickles or code
+    )
+    return Path(local), f"{loc if revision else loc + '@main'}"
+
+
+def load_surrogate(location: str | os.PathLike, device: str | torch.device = "cpu") -> Surrogate:
+    """Load a submission folder (or Hub repo) into eval-mode models on ``device``."""
+    folder, source = resolve(location)
+    cfg = read_config(folder)
+    name = str(cfg.metadata.get("name") or folder.name)
+    if cfg.kind == "single":
+        model, sha = _load_single(folder, cfg)
+        return Surrogate(name, "single", cfg, sha, [model.to(device)], [name], {name: sha}, source)
+    members: list[nn.Module] = []
+    shas: dict[str, str] = {}
+    for m in cfg.members:
+        sub = (folder / m).resolve()
+        if folder.resolve() not in sub.parents:
+            raise SubmissionError(f"{folder / CONFIG_NAME}: member {m!r} must be a sub-folder of the submission.")
+        sub_cfg = read_config(sub)
+        if sub_cfg.kind != "single":
+            raise SubmissionError(f"{sub / CONFIG_NAME}: members of a {cfg.kind} must be single checkpoints.")
+        model, shas[m] = _load_single(sub, sub_cfg)
+        members.append(model.to(device))
+    classes = {getattr(mm, "num_classes", None) for mm in members}
+    if len(classes) != 1:
+        raise SubmissionError(f"{folder}: members disagree on num_classes ({sorted(map(str, classes))}).")
+    sha = sha256_text(json.dumps({"kind": cfg.kind, "members": shas}, sort_keys=True))
+    if cfg.kind == "ensemble":
+        ens = Ensemble(members).eval()
+        ens.num_classes = classes.pop()  # type: ignore[assignment]
+        return Surrogate(name, "ensemble", cfg, sha, [ens], [name], shas, source)
+    return Surrogate(name, "seed-group", cfg, sha, members, list(cfg.members), shas, source)
+
+
+def _model_card(cfg: SurrogateConfig, name: str) -> str:
+    meta = cfg.metadata
+    lines = [
+        "---",
+        "library_name: transferbench",
+        "tags: [transferbench, surrogate, adversarial-transferability]",
+        "---",
+        f"# {name}",
+        "",
+        f"TransferBench surrogate submission (format {FORMAT_VERSION}, kind `{cfg.kind}`).",
+        "",
+    ]
+    if cfg.kind == "single":
+        lines += [f"- architecture: `{cfg.architecture}` ({cfg.num_classes} classes, input {list(cfg.input_size)})",
+                  f"- normalization inside the model: mean {list(cfg.mean)}, std {list(cfg.std)}"]  # fmt: skip
+    else:
+        lines.append(f"- members: {', '.join(cfg.members)}")
+    lines += [f"- {k}: {v}" for k, v in sorted(meta.items())]
+    lines += ["", "Evaluate with `transferbench evaluate <this folder> --protocol <name>`.", ""]
+    return "\n".join(lines)
+
+
+def _atomic_dir(out: Path, fill: Any, overwrite: bool) -> Path:
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) or choose another folder.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def save_surrogate(
+    net: nn.Module,
+    out: str | os.PathLike,
+    *,
+    architecture: str,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    input_size: tuple[int, int, int] = (3, 32, 32),
+    arch_kwargs: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a single-checkpoint submission folder atomically. ``net`` is the bare (un-normalized) network."""
+    if isinstance(net, NormalizedModel):
+        net = net.net
+    cfg = SurrogateConfig(
+        kind="single", architecture=architecture, num_classes=num_classes, input_size=tuple(input_size),  # type: ignore[arg-type]
+        mean=tuple(mean), std=tuple(std), arch_kwargs=dict(arch_kwargs or {}), metadata=dict(metadata or {}),
+    )  # fmt: skip
+    name = str(cfg.metadata.get("name") or Path(out).name)
+
+    def fill(tmp: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        (tmp / CONFIG_NAME).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        (tmp / "README.md").write_text(_model_card(cfg, name))
+
+    return _atomic_dir(Path(out), fill, overwrite)
+
+
+def save_group(
+    members: Mapping[str, str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    kind: Literal["ensemble", "seed-group"],
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Assemble single submissions (name -> folder) into an ensemble or seed-group folder (copies them)."""
+    cfg = SurrogateConfig(kind=kind, members=tuple(members), metadata=dict(metadata or {}))
+    name = str(cfg.metadata.get("name") or Path(out).name)
+
+    def fill(tmp: Path) -> None:
+        for member, src in members.items():
+            if read_config(Path(src)).kind != "single":
+                raise SubmissionError(f"{src}: only single checkpoints can be members of a {kind}.")
+            shutil.copytree(src, tmp / member)
+        (tmp / CONFIG_NAME).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        (tmp / "README.md").write_text(_model_card(cfg, name))
+
+    return _atomic_dir(Path(out), fill, overwrite)
