@@ -19,6 +19,13 @@ def _device(name: str) -> str:
     return name
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def cmd_protocols(args: argparse.Namespace) -> int:
     if args.show:
         print(json.dumps(get_protocol(args.show).to_json(), indent=1))
@@ -115,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--targets", nargs="+", help="evaluate only these targets (the record's protocol hash changes)")
     s.add_argument("--out", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
     s.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--limit", type=int, help="only the first N images of the list (record marked partial)")
+    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument("--limit", type=positive_int, help="only the first N images of the list (record marked partial)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing record of this surrogate")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("leaderboard", help="print the ranked local leaderboard")
-    s.add_argument("--protocol", help="only this protocol name")
+    s.add_argument("--protocol", help="only this protocol (name, or name-vN for one version)")
     s.add_argument("--dir", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
     s.add_argument("--csv", action="store_true", help="CSV instead of a text table")
     s.set_defaults(func=cmd_leaderboard)

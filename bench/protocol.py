@@ -129,11 +129,15 @@ class Protocol:
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
-CORE_ATTACKS = (
-    AttackSpec("pgd", steps=10, params=(("random_start", True), ("step_frac", 0.25))),
-    AttackSpec("mifgsm", steps=10, params=(("mu", 1.0),)),
-    AttackSpec("dim", steps=10, params=(("mu", 1.0), ("p", 0.5), ("resize_rate", 1.1))),
-)
+
+def core_attacks(resize_rate: float) -> tuple[AttackSpec, ...]:
+    """PGD, MI-FGSM and DIM, 10 steps each. DIM's canvas must grow by at least one pixel at the input size."""
+    return (
+        AttackSpec("pgd", steps=10, params=(("random_start", True), ("step_frac", 0.25))),
+        AttackSpec("mifgsm", steps=10, params=(("mu", 1.0),)),
+        AttackSpec("dim", steps=10, params=(("mu", 1.0), ("p", 0.5), ("resize_rate", resize_rate))),
+    )
+
 
 PROTOCOLS.add(
     "cifar10",
@@ -151,7 +155,7 @@ PROTOCOLS.add(
         num_classes=10,
         input_size=(3, 32, 32),
         targets=("akamaster-resnet20", "akamaster-resnet32", "akamaster-resnet44", "akamaster-resnet56"),
-        attacks=CORE_ATTACKS,
+        attacks=core_attacks(resize_rate=1.1),  # 32 -> canvas 35 (Xie et al.: 299 -> 330)
         eps_255=(4, 8, 16),
         modes=("untargeted", "targeted"),
         seed=0,
@@ -179,7 +183,7 @@ PROTOCOLS.add(
         num_classes=10,
         input_size=(1, 8, 8),
         targets=("smoke-cnn-a", "smoke-cnn-b", "smoke-mlp"),
-        attacks=CORE_ATTACKS,
+        attacks=core_attacks(resize_rate=1.25),  # 8 -> canvas 10
         eps_255=(16, 32, 64),
         modes=("untargeted", "targeted"),
         seed=0,

@@ -46,6 +46,8 @@ def load_protocol_data(protocol: Protocol, data_dir: str | None = None) -> Image
 
 def select_images(protocol: Protocol, data: ImageSet, limit: int | None) -> ImageSet:
     """The protocol's image list (optionally its first ``limit`` images) in protocol order."""
+    if limit is not None and limit < 1:
+        raise EvaluationError(f"limit must be a positive number of images, got {limit}")
     pos = {int(i): p for p, i in enumerate(data.ids.tolist())}
     wanted = protocol.image_ids[:limit] if limit else protocol.image_ids
     missing = [i for i in wanted if i not in pos]

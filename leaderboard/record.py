@@ -82,6 +82,8 @@ def validate(d: Any, *, where: str = "record") -> None:
     _require(d.get("schema_version") == SCHEMA_VERSION, where, f"schema_version must be {SCHEMA_VERSION}")
     for k in REQUIRED:
         _require(k in d, where, f"missing field {k!r}")
+    for k in ("submission", "protocol", "data", "targets", "score", "provenance"):
+        _require(isinstance(d[k], dict), where, f"{k} must be an object")
     sub, proto = d["submission"], d["protocol"]
     for k in ("name", "kind", "sha256"):
         _require(isinstance(sub.get(k), str), where, f"submission.{k} must be a string")
@@ -91,6 +93,7 @@ def validate(d: Any, *, where: str = "record") -> None:
     _require(isinstance(d["data"].get("sha256"), str), where, "data.sha256 must be a string")
     _require(isinstance(d["runs"], list) and d["runs"], where, "runs must be a non-empty list")
     for i, run in enumerate(d["runs"]):
+        _require(isinstance(run, dict), where, f"runs[{i}] must be an object")
         _require(_is_number(run.get("clean_accuracy")), where, f"runs[{i}].clean_accuracy must be a number")
         _require(isinstance(run.get("cells"), dict), where, f"runs[{i}].cells must be an object")
     _require(_is_number(d["score"].get("mean")), where, "score.mean must be a number")

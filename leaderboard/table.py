@@ -8,14 +8,17 @@ from collections.abc import Iterable
 import pandas as pd
 
 from leaderboard.record import Record
+from leaderboard.store import protocol_key
 
 
 def ranked_table(records: Iterable[Record]) -> pd.DataFrame:
     """One row per record, best first within each protocol.
 
     Rank by ``score`` (the protocol's ranking rule: mean over targets of the ranking ASR in the ranking
-    cell). Rows from partial runs (--limit) or from data whose content hash differs from the other rows
-    are kept but flagged, since they are not comparable.
+    cell). Records are grouped by protocol name, version and hash (``protocol_key``), so a run under a
+    modified protocol never ranks beside canonical ones. Rows from partial runs (--limit) rank after
+    full ones, and ``data`` shows the image-content hash so that runs on different copies of a data set
+    (canonical CIFAR-10 vs the JPEG copy) are visible as such.
     """
     rows = []
     for r in records:
@@ -23,7 +26,7 @@ def ranked_table(records: Iterable[Record]) -> pd.DataFrame:
         sims = [s["mean"] for s in run0.get("similarity", {}).values() if s.get("mean") is not None]
         std = r.score.get("std")
         rows.append({
-            "protocol": f"{r.protocol['name']}-v{r.protocol['version']}",
+            "protocol": protocol_key(r.protocol),
             "kind": r.protocol.get("kind", ""),
             "surrogate": r.submission["name"],
             "recipe": r.submission.get("metadata", {}).get("recipe", ""),
@@ -53,7 +56,12 @@ def format_table(df: pd.DataFrame) -> str:
     blocks = []
     for proto, sub in df.groupby("protocol", sort=True):
         label = " [SMOKE: not benchmark results]" if (sub["kind"] == "smoke").any() else ""
-        shown = sub.drop(columns=["protocol", "kind"])
-        blocks.append(f"== {proto}{label} (score = mean transfer ASR %, ranking cell of the protocol) ==\n"
-                      + shown.to_string(index=False, float_format=lambda v: f"{v:.2f}"))  # fmt: skip
+        shown = sub.drop(columns=["protocol", "kind"]).copy()
+        for col in shown.columns:
+            if col in ("score", "score_std", "clean_acc", "smoothness", "similarity"):
+                shown[col] = [f"{v:.2f}" if v is not None and not pd.isna(v) else "" for v in shown[col]]
+        blocks.append(
+            f"== {proto}{label} (score = mean transfer ASR %, ranking cell of the protocol) ==\n"
+            + shown.to_string(index=False)
+        )  # fmt: skip
     return "\n\n".join(blocks)

@@ -58,7 +58,10 @@ class DiverseInputs:
             raise ValueError(f"input diversity expects square images, got {h}x{w}")
         canvas = int(w * self.resize_rate)
         if canvas <= w:
-            return x
+            raise ValueError(
+                f"resize_rate {self.resize_rate} leaves {w}x{w} images unchanged (canvas {canvas}); "
+                f"use resize_rate > {(w + 1) / w:.3f} for this input size"
+            )
         draws = rng.randint(seed, "diversity", ids, step, 3, 0, 1 << 30).to(x.device)  # (B, 3)
         size = w + draws[:, 0] % (canvas - w)  # (B,) in [w, canvas)
         top = draws[:, 1] % (canvas - size + 1)

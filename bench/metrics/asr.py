@@ -46,7 +46,9 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)  # exact at the ends: rounding must not exclude k/n
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def transfer_rates(
@@ -71,4 +73,6 @@ def pack_bits(bits: np.ndarray) -> str:
 
 def unpack_bits(text: str, n: int) -> np.ndarray:
     raw = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
+    if n > 8 * raw.size:
+        raise ValueError(f"bit string holds at most {8 * raw.size} outcomes, {n} requested")
     return np.unpackbits(raw)[:n].astype(bool)

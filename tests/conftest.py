@@ -1,0 +1,49 @@
+"""Shared fixtures: an isolated TRANSFERBENCH_HOME per test, the optional ../shared folder, tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.models import build_model
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_CIFAR = SHARED / "data" / "cifar10-jpeg"
+SHARED_WEIGHTS = SHARED / "weights" / "cifar10-resnet-akamaster"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own TRANSFERBENCH_HOME and no mirror/offline settings from the environment."""
+    home = tmp_path_factory.mktemp("tbhome")
+    monkeypatch.setenv("TRANSFERBENCH_HOME", str(home))
+    for var in ("TRANSFERBENCH_WEIGHTS_DIR", "TRANSFERBENCH_CIFAR10_DIR", "TRANSFERBENCH_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def shared_cifar() -> Path:
+    if not (SHARED_CIFAR / "test.parquet").is_file():
+        pytest.skip(f"real CIFAR-10 mirror not present at {SHARED_CIFAR}")
+    return SHARED_CIFAR
+
+
+@pytest.fixture
+def shared_weights() -> Path:
+    if not SHARED_WEIGHTS.is_dir():
+        pytest.skip(f"external CIFAR-10 ResNets not present at {SHARED_WEIGHTS}")
+    return SHARED_WEIGHTS
+
+
+def tiny_cifar_model(seed: int = 0, width: int = 8) -> torch.nn.Module:
+    """A randomly initialised, eval-mode ResNet-18 of width 8 on 3x32x32 inputs (fast on CPU)."""
+    torch.manual_seed(seed)
+    return build_model("cifar_resnet18", 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), width=width).eval()
+
+
+def tiny_digits_model(seed: int = 0, arch: str = "small_cnn", **kwargs: object) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(arch, 10, (0.5,), (0.5,), **kwargs).eval()

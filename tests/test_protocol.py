@@ -1,0 +1,85 @@
+"""Protocols are frozen: their hashes are pinned here, so any change is caught and needs a new version."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.attacks import ATTACKS
+from bench.protocol import PROTOCOLS, Protocol, get_protocol
+from bench.registry import Registry, RegistryError
+from targets import TARGETS
+
+PINNED = {
+    # Changing a protocol changes its hash. Bump its version, then update the pin, never the other way round.
+    ("cifar10", 1): "9b9ae5eaeeb6d7037ad4eab288da3a463a2e3651a0e1e54d2db3d58a46b6050c",
+    ("smoke-digits", 1): "6292900dc7bda8b30d65f57e2d87afbc00fa0f01bfc268e7d671d858db7f5db2",
+}
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_protocol_hash_is_pinned(name: str) -> None:
+    p = PROTOCOLS.get(name)
+    assert PINNED[(p.name, p.version)] == p.sha256
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_protocol_references_registered_things(name: str) -> None:
+    p = PROTOCOLS.get(name)
+    assert all(a.attack in ATTACKS for a in p.attacks)
+    assert all(t in TARGETS for t in p.targets)
+    assert len(p.cells()) == len(p.attacks) * len(p.eps_255) * len(p.modes)
+    assert len(set(p.image_ids)) == len(p.image_ids)
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_target_labels_are_fixed_and_never_the_true_class(name: str) -> None:
+    p = PROTOCOLS.get(name)
+    ids = torch.tensor(p.image_ids)
+    labels = ids % p.num_classes
+    t = p.target_labels(ids, labels)
+    assert (t != labels).all()
+    assert torch.equal(t, p.target_labels(ids, labels))
+    counts = torch.bincount(t, minlength=p.num_classes)
+    assert counts.min() > 0.5 * counts.float().mean()  # every class is a target, roughly evenly
+
+
+def test_any_field_change_changes_the_hash() -> None:
+    p = get_protocol("cifar10")
+    for change in ({"seed": 1}, {"eps_255": (4, 8)}, {"smoothness_iters": 21}, {"targets": p.targets[:2]}):
+        assert dataclasses.replace(p, **change).sha256 != p.sha256
+
+
+def test_protocol_validates_its_ranking_rule() -> None:
+    p = get_protocol("cifar10")
+    with pytest.raises(ValueError, match="ranking cell"):
+        dataclasses.replace(p, ranking_cell="pgd/linf-3/untargeted")
+    with pytest.raises(ValueError, match="ranking_asr"):
+        dataclasses.replace(p, ranking_asr="best")
+
+
+def test_get_protocol_with_version() -> None:
+    assert get_protocol("cifar10-v1") is get_protocol("cifar10")
+    with pytest.raises(ValueError, match="version 7 is not available"):
+        get_protocol("cifar10-v7")
+    with pytest.raises(RegistryError, match="Did you mean 'cifar10'"):
+        get_protocol("cifar-10")
+
+
+def test_json_has_numbers_as_numbers() -> None:
+    d = get_protocol("cifar10").to_json()
+    assert d["eps_255"] == [4, 8, 16] or d["eps_255"] == (4, 8, 16)
+    assert isinstance(d["smoothness_tol"], float) and isinstance(d["seed"], int)
+    assert isinstance(Protocol, type)
+
+
+def test_registry_refuses_duplicates_and_suggests() -> None:
+    reg: Registry[int] = Registry("widget")
+    reg.add("alpha", 1)
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.add("alpha", 2)
+    with pytest.raises(RegistryError, match="Did you mean 'alpha'"):
+        reg.get("alpah")
+    assert list(reg) == ["alpha"] and "alpha" in reg and len(reg) == 1

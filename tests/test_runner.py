@@ -1,0 +1,158 @@
+"""End-to-end evaluation on the smoke protocol with quickly trained digits models, and on real CIFAR-10."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.checks import ModelCheckError
+from bench.cli import main
+from bench.data import load_cifar10, load_digits_smoke
+from bench.metrics.asr import transfer_rates, unpack_bits
+from bench.models import build_model
+from bench.protocol import get_protocol
+from bench.runner import EvaluationError, evaluate
+from leaderboard.store import LocalStore
+from surrogates.submission import load_surrogate, save_group, save_surrogate
+from surrogates.training import TrainConfig, train_classifier
+from targets.zoo import LoadedTarget, load_target
+
+PROTO = get_protocol("smoke-digits")
+LIMIT = 60
+
+
+def _trained(arch: str, seed: int, **kw: object) -> torch.nn.Module:
+    data = load_digits_smoke()
+    keep = torch.tensor([i % 3 != 0 for i in data.ids.tolist()])  # the protocol holds out every third image
+    torch.manual_seed(seed)
+    model = build_model(arch, 10, (0.5,), (0.5,), **kw)
+    return train_classifier(model, data.images()[keep], data.labels[keep], TrainConfig(epochs=15, seed=seed))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("world")
+    folders = {}
+    for name, seed in (("sur-a", 1), ("sur-b", 2)):
+        folders[name] = save_surrogate(_trained("small_cnn", seed, width=16), root / name, architecture="small_cnn",
+                                       num_classes=10, mean=(0.5,), std=(0.5,), input_size=(1, 8, 8),
+                                       arch_kwargs={"width": 16}, metadata={"recipe": "ST"})  # fmt: skip
+    targets = {}
+    for name, (arch, kw, seed) in {"smoke-cnn-a": ("small_cnn", {"width": 8}, 11), "smoke-cnn-b": ("small_cnn",
+                                   {"width": 12}, 12), "smoke-mlp": ("mlp", {"hidden": 32}, 13)}.items():  # fmt: skip
+        targets[name] = LoadedTarget(name, _trained(arch, seed, **kw), f"{seed:064x}", "test", "smoke")
+    return {"folders": folders, "targets": targets, "root": root, "data": load_digits_smoke()}
+
+
+def _evaluate(world, folder: Path, **kw):  # type: ignore[no-untyped-def]
+    return evaluate(load_surrogate(folder), PROTO, world["data"], world["targets"], limit=LIMIT, progress=False, **kw)
+
+
+def test_record_is_complete_and_rates_follow_from_the_bits(world) -> None:
+    rec = _evaluate(world, world["folders"]["sur-a"])
+    run = rec.runs[0]
+    assert set(run["cells"]) == {c.key for c in PROTO.cells()}
+    assert rec.data["partial"] is True and rec.data["n_images"] == LIMIT
+    assert rec.protocol["sha256"] == PROTO.sha256
+    assert 0.5 < run["clean_accuracy"] <= 1.0
+    s_correct = unpack_bits(run["outcomes"]["clean_correct"], LIMIT)
+    for key, cell in run["cells"].items():
+        s_success = unpack_bits(run["outcomes"]["success"][key]["surrogate"], LIMIT)
+        assert cell["fooling_rate"]["k"] == int((s_success & s_correct).sum())
+        for t, rates in cell["targets"].items():
+            t_correct = unpack_bits(rec.targets[t]["clean_correct"], LIMIT)
+            t_success = unpack_bits(run["outcomes"]["success"][key][t], LIMIT)
+            expect = transfer_rates(t_correct, t_success, s_correct, s_success)
+            assert {d: r["k"] for d, r in rates.items()} == {d: r.k for d, r in expect.items()}
+    assert run["smoothness"]["n"] == LIMIT and run["smoothness"]["mean"] > 0
+    assert set(run["similarity"]) == set(world["targets"])
+    assert all(-1 <= s["mean"] <= 1 for s in run["similarity"].values())
+    for key in ("torch", "device", "precision", "seed", "git_sha", "wall_time_s", "package_version"):
+        assert key in rec.provenance
+    assert rec.score["mean"] == pytest.approx(
+        np.mean([t["target_correct"]["rate"] for t in run["cells"][PROTO.ranking_cell]["targets"].values()])
+    )
+
+
+def _mean_asr(run: dict, cell: str) -> float:
+    return float(np.mean([t["target_correct"]["rate"] for t in run["cells"][cell]["targets"].values()]))
+
+
+def test_attacks_work_and_budgets_order_success(world) -> None:
+    run = _evaluate(world, world["folders"]["sur-a"]).runs[0]
+    lo, hi = min(PROTO.eps_255), max(PROTO.eps_255)
+    for attack in ("pgd", "mifgsm", "dim"):
+        wb_hi = run["cells"][f"{attack}/linf-{hi}/untargeted"]["fooling_rate"]["rate"]
+        assert wb_hi > 0.9  # white-box at the largest budget nearly always succeeds
+        mean = {e: _mean_asr(run, f"{attack}/linf-{e}/untargeted") for e in (lo, hi)}
+        assert mean[hi] > mean[lo]
+
+
+def test_evaluation_is_deterministic_and_batch_size_invariant(world) -> None:
+    a = _evaluate(world, world["folders"]["sur-a"], batch_size=LIMIT)
+    b = _evaluate(world, world["folders"]["sur-a"], batch_size=LIMIT)
+    c = _evaluate(world, world["folders"]["sur-a"], batch_size=7)
+    assert a.runs[0]["outcomes"] == b.runs[0]["outcomes"]
+    bits = [np.concatenate([unpack_bits(v, LIMIT) for d in r.runs[0]["outcomes"]["success"].values()
+                            for v in d.values()]) for r in (a, c)]  # fmt: skip
+    assert (bits[0] == bits[1]).mean() > 0.995  # only float rounding of batched convolutions may differ
+
+
+def test_seed_group_reports_mean_and_std(world) -> None:
+    group = save_group(world["folders"], world["root"] / "group", kind="seed-group", metadata={"recipe": "ST"})
+    rec = _evaluate(world, group)
+    assert [r["name"] for r in rec.runs] == ["sur-a", "sur-b"]
+    assert rec.score["std"] is not None and rec.score["mean"] == pytest.approx(np.mean(rec.score["per_run"]))
+    ens = _evaluate(world, save_group(world["folders"], world["root"] / "ens", kind="ensemble"))
+    assert len(ens.runs) == 1 and ens.submission["kind"] == "ensemble"
+
+
+def test_wrong_num_classes_and_missing_targets_are_refused(world, tmp_path: Path) -> None:
+    folder = save_surrogate(build_model("mlp", 5, (0.5,), (0.5,)), tmp_path / "five", architecture="mlp",
+                            num_classes=5, mean=(0.5,), std=(0.5,), input_size=(1, 8, 8))  # fmt: skip
+    with pytest.raises(EvaluationError, match="5 classes"):
+        _evaluate(world, folder)
+    with pytest.raises(EvaluationError, match="needs targets"):
+        evaluate(load_surrogate(world["folders"]["sur-a"]), PROTO, world["data"], {}, limit=5, progress=False)
+
+
+def test_nan_logits_fail_loudly_and_nothing_is_written(world, tmp_path: Path) -> None:
+    model = _trained("small_cnn", 3, width=16)
+    with torch.no_grad():
+        model.net.head.bias.fill_(float("nan"))
+    folder = save_surrogate(model, tmp_path / "broken", architecture="small_cnn", num_classes=10, mean=(0.5,),
+                            std=(0.5,), input_size=(1, 8, 8), arch_kwargs={"width": 16})  # fmt: skip
+    with pytest.raises(ModelCheckError, match="NaN"):
+        _evaluate(world, folder)
+    out = tmp_path / "board"
+    assert main(["evaluate", str(folder), "--protocol", "smoke-digits", "--out", str(out), "--quiet"]) == 1
+    assert not out.exists() or not any(out.rglob("*.json"))
+
+
+@pytest.mark.slow
+def test_real_cifar10_external_resnets(shared_cifar: Path, shared_weights: Path, tmp_path: Path) -> None:
+    """ResNet-20 (trained elsewhere) as surrogate against ResNet-32/44/56 on the JPEG CIFAR-10 copy."""
+    proto = get_protocol("cifar10")
+    sur = load_target("akamaster-resnet20", weights_dir=shared_weights)
+    folder = save_surrogate(sur.model, tmp_path / "r20", architecture="cifar_resnet20", num_classes=10,
+                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # fmt: skip
+    names = ("akamaster-resnet32", "akamaster-resnet44", "akamaster-resnet56")
+    tg = {n: load_target(n, weights_dir=shared_weights) for n in names}
+    sub = dataclasses.replace(proto, targets=names, attacks=proto.attacks[:1])  # PGD only: CPU time
+    rec = evaluate(load_surrogate(folder), sub, load_cifar10("test", shared_cifar), tg, limit=100, progress=False)
+    run = rec.runs[0]
+    assert 0.6 < run["clean_accuracy"] < 0.95  # 81% on the JPEG copy over all 10,000; 68% on these 100
+    cells = run["cells"]
+    mean = {e: np.mean([t["target_correct"]["rate"] for t in cells[f"pgd/linf-{e}/untargeted"]["targets"].values()])
+            for e in (4, 8, 16)}  # fmt: skip
+    assert mean[4] < mean[8] < mean[16] and mean[16] > 0.7  # same-family transfer is strong
+    assert cells["pgd/linf-8/untargeted"]["fooling_rate"]["rate"] > 0.95
+    tgt = np.mean([t["target_correct"]["rate"] for t in cells["pgd/linf-16/targeted"]["targets"].values()])
+    assert set(cells) == {f"pgd/linf-{e}/{m}" for e in (4, 8, 16) for m in ("untargeted", "targeted")}
+    assert tgt < mean[16]  # targeted transfer is harder than untargeted
+    assert all(s["mean"] > 0.1 for s in run["similarity"].values())  # same-family gradients align
+    assert LocalStore(tmp_path / "lb").add(rec).is_file()
