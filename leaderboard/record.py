@@ -12,10 +12,13 @@ Layout (schema_version 1)::
     score        the ranking number: mean over targets of the ranking ASR in the ranking cell, mean (and
                  std over seeds) across runs
     provenance   package version and git sha, python/torch/CUDA versions, device, precision, seed, wall time
+    integrity    sha256 of the canonical JSON of everything above: a record edited by hand, or damaged
+                 in transit, no longer verifies
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -50,11 +53,20 @@ class Record:
         return f"{slug or 'surrogate'}-{self.submission['sha256'][:12]}"
 
     def to_json(self) -> dict[str, Any]:
-        d = {"schema": self.schema, "schema_version": self.schema_version}
+        d = self._body()
+        d["integrity"] = {"sha256": self.content_sha256()}
+        return d
+
+    def _body(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"schema": self.schema, "schema_version": self.schema_version}
         d.update({k: getattr(self, k) for k in REQUIRED})
         if self.extra:
             d["extra"] = self.extra
         return d
+
+    def content_sha256(self) -> str:
+        """Hash of the canonical JSON of the record's content (what ``integrity.sha256`` holds)."""
+        return canonical_sha256(self._body())
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1, sort_keys=False, allow_nan=False) + "\n"
@@ -62,8 +74,18 @@ class Record:
     @classmethod
     def from_json(cls, d: Any, *, where: str = "record") -> Record:
         validate(d, where=where)
-        return cls(**{k: d[k] for k in REQUIRED}, schema=d["schema"], schema_version=d["schema_version"],
-                   extra=d.get("extra", {}))  # fmt: skip
+        rec = cls(**{k: d[k] for k in REQUIRED}, schema=d["schema"], schema_version=d["schema_version"],
+                  extra=d.get("extra", {}))  # fmt: skip
+        stored = d.get("integrity", {}).get("sha256") if isinstance(d.get("integrity"), dict) else None
+        if stored is not None and stored != rec.content_sha256():
+            raise RecordError(f"{where}: integrity check failed (content sha256 {rec.content_sha256()[:12]}, "
+                              f"recorded {str(stored)[:12]}); the record was modified or damaged.")  # fmt: skip
+        return rec
+
+
+def canonical_sha256(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _require(cond: bool, where: str, msg: str) -> None:

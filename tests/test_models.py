@@ -4,6 +4,7 @@ and the He et al. CIFAR ResNets reproduce the external akamaster checkpoints (sl
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,7 +105,11 @@ def test_normalized_model_rejects_bad_mean_std() -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_timm_resnet18_builds_without_download() -> None:
+def test_timm_resnet18_builds_without_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("build_architecture tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     net = build_architecture("timm:resnet18", num_classes=10).eval()
     assert known_architecture("timm:resnet18")
     assert net.get_classifier().out_features == 10
