@@ -25,6 +25,9 @@ def weights_cache() -> Path:
 
 def offline() -> bool:
     """True when downloads are forbidden (air-gapped sites): TRANSFERBENCH_OFFLINE or HF_HUB_OFFLINE."""
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("TRANSFERBENCH_OFFLINE", "HF_HUB_OFFLINE")
-    )
+    return any(env_flag(v) for v in ("TRANSFERBENCH_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def env_flag(name: str) -> bool:
+    """Truthy environment variable, with the values huggingface_hub accepts (1, true, yes, on)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

@@ -45,15 +45,20 @@ def load_protocol_data(protocol: Protocol, data_dir: str | None = None) -> Image
 
 
 def select_images(protocol: Protocol, data: ImageSet, limit: int | None) -> ImageSet:
-    """The protocol's image list (optionally its first ``limit`` images) in protocol order."""
+    """The protocol's image list in protocol order; with ``limit``, its class-balanced prefix.
+
+    A partial run takes the first ceil(limit / K) images of every class in list order (then the first
+    ``limit`` of those), so that it stays representative even when a mirror stores a split sorted by class.
+    """
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be a positive number of images, got {limit}")
     pos = {int(i): p for p, i in enumerate(data.ids.tolist())}
-    wanted = protocol.image_ids[:limit] if limit else protocol.image_ids
-    missing = [i for i in wanted if i not in pos]
+    missing = [i for i in protocol.image_ids if i not in pos]
     if missing:
         raise EvaluationError(f"{data.source} lacks {len(missing)} image ids of {protocol.id} (first: {missing[:5]}).")
-    subset = data.subset(torch.tensor([pos[i] for i in wanted]))
+    subset = data.subset(torch.tensor([pos[i] for i in protocol.image_ids]))
+    if limit is not None and limit < len(subset):
+        subset = subset.subset(balanced_subset(subset.labels, limit, protocol.num_classes))
     if tuple(subset.pixels.shape[1:]) != tuple(protocol.input_size):
         raise EvaluationError(
             f"{data.source} images are {tuple(subset.pixels.shape[1:])}, {protocol.id} expects {protocol.input_size}."

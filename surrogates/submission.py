@@ -89,7 +89,9 @@ def read_config(folder: Path) -> SurrogateConfig:
         members = raw.get("members")
         if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
             raise SubmissionError(f"{path}: a {kind} needs 'members', a non-empty list of sub-folder names.")
-        return SurrogateConfig(kind=kind, members=tuple(members), metadata=dict(raw.get("metadata", {})))
+        for m in members:
+            _check_member_name(path, m)
+        return SurrogateConfig(kind=kind, members=tuple(members), metadata=_object(path, raw, "metadata"))
     return _single_config(path, raw)
 
 
@@ -109,7 +111,8 @@ def _single_config(path: Path, raw: dict[str, Any]) -> SurrogateConfig:
     if not (isinstance(size, list) and len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
         raise SubmissionError(f"{path}: input_size must be [C, H, W], got {size!r}.")
     for name, v in (("mean", mean), ("std", std)):
-        if not (isinstance(v, list) and len(v) == size[0] and all(isinstance(s, (int, float)) for s in v)):
+        numbers = isinstance(v, list) and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in v)
+        if not (numbers and len(v) == size[0]):
             raise SubmissionError(f"{path}: {name} must list {size[0]} numbers (one per channel), got {v!r}.")
     if any(s <= 0 for s in std):
         raise SubmissionError(f"{path}: std must be positive, got {std!r}.")
@@ -120,9 +123,21 @@ def _single_config(path: Path, raw: dict[str, Any]) -> SurrogateConfig:
         input_size=(size[0], size[1], size[2]),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
-        arch_kwargs=dict(raw.get("arch_kwargs", {})),
-        metadata=dict(raw.get("metadata", {})),
+        arch_kwargs=_object(path, raw, "arch_kwargs"),
+        metadata=_object(path, raw, "metadata"),
     )
+
+
+def _object(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise SubmissionError(f"{path}: {key} must be a JSON object, got {value!r}.")
+    return dict(value)
+
+
+def _check_member_name(where: Path, name: str) -> None:
+    if not name or name in (".", "..") or any(c in name for c in "/\\") or Path(name).is_absolute():
+        raise SubmissionError(f"{where}: member name {name!r} must be a sub-folder of the submission, given by a plain name (no '/', '..').")
 
 
 class Ensemble(nn.Module):
@@ -162,7 +177,12 @@ def _load_single(folder: Path, cfg: SurrogateConfig) -> tuple[NormalizedModel, s
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as e:
         raise SubmissionError(f"{wpath} is not a readable safetensors file ({e}); re-export the checkpoint.") from None
-    model = build_model(cfg.architecture, cfg.num_classes, cfg.mean, cfg.std, **cfg.arch_kwargs)
+    try:
+        model = build_model(cfg.architecture, cfg.num_classes, cfg.mean, cfg.std, **cfg.arch_kwargs)
+    except (TypeError, ValueError) as e:
+        raise SubmissionError(
+            f"{folder / CONFIG_NAME}: arch_kwargs {cfg.arch_kwargs} do not fit {cfg.architecture!r} ({e})."
+        ) from None
     load_state_strict(model.net, state, where=str(wpath), cfg=cfg)
     model.eval()
     model.num_classes = cfg.num_classes  # type: ignore[assignment]
@@ -195,14 +215,17 @@ def load_state_strict(net: nn.Module, state: Mapping[str, torch.Tensor], *, wher
     net.load_state_dict(state, strict=True)
 
 
-def resolve(location: str | os.PathLike) -> tuple[Path, str]:
-    """A local folder, or ``hf://owner/repo[@revision]`` downloaded with huggingface_hub (safe files only)."""
+def resolve(location: str | os.PathLike) -> tuple[Path, str, str]:
+    """(local folder, source description, default display name) of a folder or ``hf://owner/repo[@revision]``.
+
+    Hub repos are downloaded with huggingface_hub, safe files only (JSON, safetensors, Markdown).
+    """
     loc = str(location)
     if not loc.startswith(HUB_PREFIX):
         path = Path(loc).expanduser()
         if not path.is_dir():
             raise SubmissionError(f"surrogate folder {path} does not exist (or use hf://owner/repo@revision).")
-        return path, str(path.resolve())
+        return path, str(path.resolve()), path.resolve().name
     from huggingface_hub import snapshot_download
 
     repo, _, revision = loc[len(HUB_PREFIX) :].partition("@")
@@ -211,14 +234,14 @@ def resolve(location: str | os.PathLike) -> tuple[Path, str]:
         revision=revision or None,
         allow_patterns=["*.json", "*.safetensors", "*.md"],  # never pickles or code
     )
-    return Path(local), f"{loc if revision else loc + '@main'}"
+    return Path(local), f"{loc if revision else loc + '@main'}", repo.rsplit("/", 1)[-1]
 
 
 def load_surrogate(location: str | os.PathLike, device: str | torch.device = "cpu") -> Surrogate:
     """Load a submission folder (or Hub repo) into eval-mode models on ``device``."""
-    folder, source = resolve(location)
+    folder, source, default_name = resolve(location)
     cfg = read_config(folder)
-    name = str(cfg.metadata.get("name") or folder.name)
+    name = str(cfg.metadata.get("name") or default_name)
     if cfg.kind == "single":
         model, sha = _load_single(folder, cfg)
         return Surrogate(name, "single", cfg, sha, [model.to(device)], [name], {name: sha}, source)
@@ -322,6 +345,10 @@ def save_group(
     overwrite: bool = False,
 ) -> Path:
     """Assemble single submissions (name -> folder) into an ensemble or seed-group folder (copies them)."""
+    if not members:
+        raise SubmissionError(f"{out}: a {kind} needs at least one member.")
+    for member in members:
+        _check_member_name(Path(out), member)
     cfg = SurrogateConfig(kind=kind, members=tuple(members), metadata=dict(metadata or {}))
     name = str(cfg.metadata.get("name") or Path(out).name)
 

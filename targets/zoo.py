@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -106,7 +107,13 @@ def _download(spec: TargetSpec, w: UrlWeights, dest: Path) -> None:
     try:
         log.info("downloading %s from %s", spec.name, w.url)
         torch.hub.download_url_to_file(w.url, str(tmp), progress=False)
-        _check_file(spec, w, tmp)
+        try:
+            _check_file(spec, w, tmp)
+        except HashMismatch as e:
+            raise HashMismatch(
+                f"target {spec.name!r}: the file downloaded from {w.url} does not have the pinned sha256 {w.sha256} "
+                f"({e}). Nothing was kept. If the source changed, the zoo entry needs a new version."
+            ) from None
         os.replace(tmp, dest)
     except OSError as e:
         raise TargetError(f"target {spec.name!r}: download of {w.url} failed ({e}). Use --weights-dir.") from None
@@ -148,7 +155,10 @@ def resolve_weights(spec: TargetSpec, weights_dir: str | os.PathLike | None = No
 def _state_dict(spec: TargetSpec, path: Path) -> dict[str, torch.Tensor]:
     src = spec.source
     if isinstance(src, LocalWeights):
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise TargetError(f"target {spec.name!r}: {path} is not a readable safetensors file ({e}).") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors come in many types; we re-raise with the file named

@@ -145,7 +145,7 @@ def test_real_cifar10_external_resnets(shared_cifar: Path, shared_weights: Path,
     sub = dataclasses.replace(proto, targets=names, attacks=proto.attacks[:1])  # PGD only: CPU time
     rec = evaluate(load_surrogate(folder), sub, load_cifar10("test", shared_cifar), tg, limit=100, progress=False)
     run = rec.runs[0]
-    assert 0.6 < run["clean_accuracy"] < 0.95  # 81% on the JPEG copy over all 10,000; 68% on these 100
+    assert 0.7 < run["clean_accuracy"] < 0.95  # 81% on the JPEG copy over all 10,000 (class-balanced 100 here)
     cells = run["cells"]
     mean = {e: np.mean([t["target_correct"]["rate"] for t in cells[f"pgd/linf-{e}/untargeted"]["targets"].values()])
             for e in (4, 8, 16)}  # fmt: skip

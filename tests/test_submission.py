@@ -282,11 +282,6 @@ def test_member_escaping_the_folder_is_rejected(tmp_path: Path, member: str) -> 
     assert str(grp / CONFIG_NAME) in str(err.value) and repr(member) in str(err.value)
 
 
-@pytest.mark.xfail(
-    reason="surrogates/submission.py save_group (fill, line 332) copies each member to tmp / member without "
-    "checking the name, so '../escape' is written outside the new folder and an unloadable group is saved",
-    strict=True,
-)
 def test_save_group_rejects_member_names_escaping_the_folder(tmp_path: Path) -> None:
     single = _save_digits(tmp_path / "singles" / "a")
     try:
@@ -423,21 +418,11 @@ def test_missing_and_extra_tensors(single: Path) -> None:
     assert str(single / WEIGHTS_NAME) in msg and "head.bias" in msg and "extra.weight" in msg
 
 
-@pytest.mark.xfail(
-    reason="surrogates/submission.py _load_single (line 165) calls build_model(**cfg.arch_kwargs) unguarded: "
-    "an unknown arch_kwargs key raises a bare TypeError naming neither config.json nor arch_kwargs",
-    strict=True,
-)
 def test_unknown_arch_kwarg_is_a_submission_error(single: Path) -> None:
     msg = _load_error(_edit_config(single, arch_kwargs={"widht": 16}))
     assert str(single / CONFIG_NAME) in msg and "arch_kwargs" in msg
 
 
-@pytest.mark.xfail(
-    reason="surrogates/submission.py _single_config (lines 123-124) and read_config (line 92) call dict() on "
-    "arch_kwargs/metadata without a type check: a list/str/number raises a bare TypeError/ValueError",
-    strict=True,
-)
 @pytest.mark.parametrize(("field", "value"), [("arch_kwargs", [1, 2]), ("metadata", "abc"), ("metadata", 5)])
 def test_non_object_arch_kwargs_or_metadata(single: Path, field: str, value: Any) -> None:
     msg = _load_error(_edit_config(single, **{field: value}))
@@ -558,11 +543,6 @@ def test_hf_group_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memb
     assert s.kind == "seed-group" and s.run_names == ["seed0", "seed1", "seed2"]
 
 
-@pytest.mark.xfail(
-    reason="surrogates/submission.py load_surrogate (line 221) names a surrogate after folder.name, which for "
-    "hf:// is the snapshot directory (the commit hash), not the repository",
-    strict=True,
-)
 def test_hf_surrogate_without_metadata_name_is_named_after_the_repo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -293,11 +293,6 @@ def test_offline_without_mirror(
     assert _cache_files(isolated_home) == []
 
 
-@pytest.mark.xfail(
-    reason="bench/paths.py offline() accepts only 1/true/yes, but huggingface_hub (and bench/data/cifar10.py) "
-    "also treat HF_HUB_OFFLINE=ON as offline, so a download is attempted; add 'on' to the accepted values",
-    strict=True,
-)
 def test_offline_hf_hub_on(ckpt: Checkpoint, no_download: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "ON")
     with pytest.raises(TargetError, match="--weights-dir"):

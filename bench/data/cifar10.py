@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from bench.data.imageset import ImageSet
+from bench.paths import env_flag
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ def _load_from_hub(split: str) -> ImageSet:
     try:
         dataset = datasets.load_dataset(CIFAR10_HUB_ID, revision=CIFAR10_HUB_REVISION, split=split)
     except Exception as exc:
-        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in _OFFLINE_VARS)
+        offline = any(env_flag(v) for v in _OFFLINE_VARS)
         hint = " (offline mode is on and the revision is not in the local cache)" if offline else ""
         raise RuntimeError(
             f"could not load CIFAR-10 {split!r} from the {where}{hint}: {type(exc).__name__}: {exc}. "

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from torch import nn
@@ -38,7 +39,7 @@ def build_architecture(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
         timm_name = name[len(TIMM_PREFIX) :]
         if not timm.is_model(timm_name):
-            close = timm.list_models(f"*{timm_name.split('.')[0]}*")[:5]
+            close = difflib.get_close_matches(timm_name, timm.list_models(), n=5, cutoff=0.6)
             raise ValueError(f"unknown timm architecture {timm_name!r}; similar names: {close}")
         return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **kwargs)
     return ARCHS.get(name)(num_classes=num_classes, **kwargs)
