@@ -138,7 +138,8 @@ def _object(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
 def _check_member_name(where: Path, name: str) -> None:
     if not name or name in (".", "..") or any(c in name for c in "/\\") or Path(name).is_absolute():
         raise SubmissionError(
-            f"{where}: member name {name!r} must be a sub-folder of the submission, given by a plain name (no '/', '..')."
+            f"{where}: member name {name!r} must be a sub-folder of the submission, "
+            "given by a plain name (no '/', '..')."
         )
 
 
