@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from bench.protocol import PROTOCOLS, get_protocol
+from targets.zoo import ACCURACY_TOLERANCE as TARGET_TOLERANCE
 
 
 def _device(name: str) -> str:
@@ -38,13 +39,61 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_targets(args: argparse.Namespace) -> int:
+def _target_names(args: argparse.Namespace) -> list[str]:
     from targets import TARGETS
 
-    for name, spec in TARGETS.items():
-        src = getattr(spec.source, "url", None) or getattr(spec.source, "relpath", "")
-        print(f"{name:<22}{spec.family:<12}{spec.architecture:<18}{src}")
+    if getattr(args, "names", None):
+        return list(args.names)
+    if getattr(args, "protocol", None):
+        return list(get_protocol(args.protocol).targets)
+    return list(TARGETS)
+
+
+def cmd_targets_list(args: argparse.Namespace) -> int:
+    from targets import TARGETS
+
+    print(f"{'target':<22}{'family':<12}{'architecture':<18}{'license':<14}source")
+    for name in _target_names(args):
+        spec = TARGETS.get(name)
+        src = getattr(spec.source, "url", None) or f"$TRANSFERBENCH_HOME/{getattr(spec.source, 'relpath', '')}"
+        print(f"{name:<22}{spec.family:<12}{spec.architecture:<18}{spec.license or '-':<14}{src}")
     return 0
+
+
+def cmd_targets_fetch(args: argparse.Namespace) -> int:
+    from targets import TARGETS
+    from targets.zoo import resolve_weights
+
+    for name in _target_names(args):
+        path, sha = resolve_weights(TARGETS.get(name), args.weights_dir)
+        print(f"{name:<22}{sha[:16]}  {path}")
+    return 0
+
+
+def cmd_targets_verify(args: argparse.Namespace) -> int:
+    """sha256 of every weights file, then clean accuracy on the protocol's full image list vs the pinned value."""
+    from bench.runner import load_protocol_data, select_images
+    from targets import TARGETS, load_target
+
+    protocol = get_protocol(args.protocol)
+    images = select_images(protocol, load_protocol_data(protocol, args.data_dir), None)
+    data_sha = images.content_sha256()
+    x, y = images.images(), images.labels
+    print(f"{protocol.id}: {len(images)} images, data sha256 {data_sha[:16]} ({images.source})")
+    failed = 0
+    for name in args.names or protocol.targets:
+        device = _device(args.device)
+        target = load_target(name, weights_dir=args.weights_dir, device=device)
+        with torch.no_grad():
+            preds = torch.cat([target.model(x[i : i + 500].to(device)).argmax(1).cpu() for i in range(0, len(y), 500)])
+        acc = float((preds == y).float().mean())
+        expected = dict(TARGETS.get(name).expected_accuracy).get(data_sha)
+        ok = expected is None or abs(acc - expected) <= TARGET_TOLERANCE
+        failed += not ok
+        status = "no pinned accuracy for this data" if expected is None else ("ok" if ok else "MISMATCH")
+        pinned = "" if expected is None else f" (pinned {100 * expected:.2f}%)"
+        print(f"{name:<22}sha256 ok {target.sha256[:12]}  accuracy {100 * acc:.2f}%{pinned}  {status}")
+    return 1 if failed else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -111,8 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--show", metavar="NAME", help="print one protocol in full (JSON)")
     s.set_defaults(func=cmd_protocols)
 
-    s = sub.add_parser("targets", help="list the target zoo")
-    s.set_defaults(func=cmd_targets)
+    s = sub.add_parser("targets", help="list, fetch and verify the target zoo")
+    tsub = s.add_subparsers(dest="targets_command", required=True)
+    t = tsub.add_parser("list", help="zoo entries (all, or one protocol's)")
+    t.add_argument("--protocol", help="only this protocol's targets")
+    t.set_defaults(func=cmd_targets_list)
+    t = tsub.add_parser("fetch", help="download (or find in the mirror) and sha256-check weights")
+    t.add_argument("names", nargs="*", help="target names (default: all, or --protocol's)")
+    t.add_argument("--protocol", help="fetch this protocol's targets")
+    t.add_argument("--weights-dir", help="local mirror of target weights")
+    t.set_defaults(func=cmd_targets_fetch)
+    t = tsub.add_parser("verify", help="sha256 + clean accuracy on the protocol's images vs the pinned value")
+    t.add_argument("names", nargs="*", help="target names (default: the protocol's)")
+    t.add_argument("--protocol", default="cifar10")
+    t.add_argument("--data-dir", help="local data mirror")
+    t.add_argument("--weights-dir", help="local mirror of target weights")
+    t.add_argument("--device", default="auto")
+    t.set_defaults(func=cmd_targets_verify)
 
     s = sub.add_parser("evaluate", help="evaluate a surrogate submission folder (or hf://owner/repo@rev)")
     s.add_argument("path", help="submission folder with config.json + model.safetensors, or hf://owner/repo@revision")

@@ -65,12 +65,28 @@ class TargetSpec:
     std: tuple[float, ...]
     source: UrlWeights | LocalWeights
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Expected clean accuracy per data content hash (ImageSet.content_sha256 of the protocol's full image
+    # list): a loaded target that misses it by more than ACCURACY_TOLERANCE is refused as the wrong model.
+    expected_accuracy: tuple[tuple[str, float], ...] = ()
     license: str = ""
     citation: str = ""
     notes: str = ""
 
 
 TARGETS: Registry[TargetSpec] = Registry("target")
+ACCURACY_TOLERANCE = 0.005  # half a point on 10,000 images: far above fp32 noise, far below any wrong model
+
+
+def check_expected_accuracy(name: str, data_sha256: str, accuracy: float) -> float | None:
+    """Compare with the zoo's pinned accuracy for this data; return the expectation (None if none is pinned)."""
+    spec = TARGETS.get(name)
+    expected = dict(spec.expected_accuracy).get(data_sha256)
+    if expected is not None and abs(accuracy - expected) > ACCURACY_TOLERANCE:
+        raise TargetError(
+            f"target {name!r} scores {100 * accuracy:.2f}% on data {data_sha256[:12]}, the zoo pins "
+            f"{100 * expected:.2f}%: wrong weights, preprocessing or data. Run `transferbench targets verify`."
+        )
+    return expected
 
 
 def register(spec: TargetSpec) -> TargetSpec:

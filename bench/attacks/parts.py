@@ -1,12 +1,15 @@
-"""Parts plugged into the one iterative loop: gradient transforms and input transforms.
+"""Parts plugged into the one iterative loop: gradient estimators, gradient transforms and input transforms.
 
-Gradient transforms see the raw input gradient of each step and return the direction whose sign is
-taken; input transforms are applied to the adversarial image before the surrogate sees it (the
-gradient flows back through them). Randomness comes from ``bench.rng``, keyed by image id and step.
+Each step of ``iterative_attack`` asks a *gradient estimator* for the gradient of the attack objective
+(plain gradient by default; look-ahead, variance-tuned or penalized gradients in ``estimators.py``), passes
+it through a *gradient transform* (momentum, translation-invariant smoothing) and steps along the sign.
+*Input transforms* are applied to every point before the surrogate sees it (the gradient flows back
+through them). Randomness comes from ``bench.rng``, keyed by image id and step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,6 +17,30 @@ import torch
 import torch.nn.functional as F
 
 from bench import rng
+
+GradFn = Callable[[torch.Tensor], torch.Tensor]
+"""Gradient of the attack objective (summed over the batch) at a point (B, C, H, W); one call = one evaluation."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a gradient estimator may know about the current step. ``state`` persists across steps."""
+
+    step: int
+    steps: int
+    step_size: float
+    eps: float
+    ids: torch.Tensor  # (B,) image ids in the protocol list
+    seed: int
+    state: dict[str, torch.Tensor]
+
+
+class GradEstimator(Protocol):
+    def __call__(self, grad_fn: GradFn, x_adv: torch.Tensor, ctx: StepContext) -> torch.Tensor: ...
+
+    def evals(self, step: int, steps: int) -> int:
+        """Gradient evaluations (forward + backward passes per image) made at ``step`` of ``steps``."""
+        ...
 
 
 class GradTransform(Protocol):
@@ -24,6 +51,11 @@ class InputTransform(Protocol):
     def __call__(self, x: torch.Tensor, ids: torch.Tensor, step: int, seed: int) -> torch.Tensor: ...
 
 
+def per_image(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-image vector (B,) so that it broadcasts against ``like`` (B, C, H, W)."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
 @dataclass(frozen=True)
 class Momentum:
     """MI-FGSM accumulation (Dong et al. 2018): g_t = mu * g_{t-1} + grad / ||grad||_1, per image."""
@@ -31,7 +63,7 @@ class Momentum:
     mu: float = 1.0
 
     def __call__(self, grad: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))  # (B, 1, 1, 1)
+        l1 = per_image(grad.abs().flatten(1).sum(1).clamp_min(1e-12), grad)  # (B, 1, 1, 1)
         g = grad / l1
         if "momentum" in state:
             g = self.mu * state["momentum"] + g
@@ -95,3 +127,54 @@ def resize_pad(x: torch.Tensor, size: torch.Tensor, top: torch.Tensor, left: tor
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     mask = (in_y.view(b, 1, -1, 1) & in_x.view(b, 1, 1, -1)).to(x.dtype)  # (B, 1, S, S)
     return out * mask
+
+
+@dataclass(frozen=True)
+class Compose:
+    """Gradient transforms applied in order, e.g. translation-invariant smoothing and then momentum (TI-MI)."""
+
+    transforms: tuple[GradTransform, ...]
+
+    def __call__(self, grad: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        for transform in self.transforms:
+            grad = transform(grad, state)
+        return grad
+
+
+def gaussian_kernel(size: int, nsig: float) -> torch.Tensor:
+    """(size, size) float64 Gaussian kernel summing to 1, sampled at ``size`` points of [-nsig, nsig] per axis.
+
+    The construction of Dong et al.'s TI code (``gkern``): with ``nsig = 3`` the kernel spans +-3 standard
+    deviations, i.e. sigma = (size - 1) / 6 pixels.
+    """
+    t = torch.linspace(-nsig, nsig, size, dtype=torch.float64)
+    k1 = torch.exp(-0.5 * t * t)  # the 1/sqrt(2 pi) of the normal pdf cancels in the normalization
+    k2 = torch.outer(k1, k1)
+    return k2 / k2.sum()
+
+
+@dataclass(frozen=True)
+class TranslationInvariant:
+    """TI (Dong et al. 2019, Eq. 8): W * grad, the gradient convolved channel-wise with a Gaussian kernel W.
+
+    Convolving the gradient approximates averaging the gradients of translated copies of the image
+    (Eq. 7), so the perturbation is less specific to the surrogate's discriminative regions. Zero padding
+    keeps the size. Dong et al. used 15 x 15 kernels on 299 x 299 ImageNet images; scaled to 32 x 32 that
+    would be a no-op, so the registry uses 7 x 7 (sigma = 1 pixel) on CIFAR-10 (see docs/attacks.md).
+    """
+
+    kernel_size: int = 7
+    nsig: float = 3.0
+
+    def __post_init__(self) -> None:
+        size = self.kernel_size
+        if size != int(size) or size < 1 or int(size) % 2 == 0:
+            raise ValueError(f"TI kernel_size must be a positive odd integer (centred kernel); got {size!r}")
+        object.__setattr__(self, "kernel_size", int(size))  # a protocol's JSON may hold 7.0
+        if self.nsig <= 0:
+            raise ValueError(f"TI nsig must be > 0; got {self.nsig}")
+
+    def __call__(self, grad: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        c, k = grad.shape[1], self.kernel_size
+        weight = gaussian_kernel(k, self.nsig).to(grad).repeat(c, 1, 1, 1)  # (C, 1, k, k), one kernel per channel
+        return F.conv2d(grad, weight, padding=k // 2, groups=c)

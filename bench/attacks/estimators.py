@@ -1,0 +1,218 @@
+"""Gradient estimators: what gradient a step of the loop uses (a look-ahead, variance-tuned or penalized one).
+
+Each estimator is called once per step with ``grad_fn`` (the objective's gradient at any point, one
+evaluation per call), the current x_adv (B, C, H, W) and the step's ``StepContext``; it returns the gradient
+that the gradient transform (momentum) then sees. ``evals(step, steps)`` declares how many evaluations it
+makes, and the loop checks it.
+
+Penalized estimators ascend J(x) - lam * ||grad J(x)||_2 (J: the attack objective), whose gradient
+grad J - lam * H grad J / ||grad J||_2 needs a Hessian-vector product H v. They replace it by the finite
+difference (grad J(x + h v) - grad J(x)) / h, which is exact as h -> 0 (tests check this by double backward).
+
+Random neighbours come from ``bench.rng``. ``rng.STREAMS`` has no stream for them yet, so they use the
+``random_start`` stream with image ids offset by 2**28 (the random start itself uses the un-offset ids at step
+0): the draws are independent of every other random choice and keyed by (seed, image id, step, neighbour).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench import rng
+from bench.attacks.parts import GradFn, StepContext, per_image
+
+NEIGHBOUR_STREAM = "random_start"
+NEIGHBOUR_ID_OFFSET = 1 << 28  # image lists are far shorter than 2**28
+MAX_NEIGHBOURS = 1 << 12  # neighbour j of step t is keyed t * MAX_NEIGHBOURS + j
+
+
+def neighbour(x_adv: torch.Tensor, radius: float, ctx: StepContext, j: int) -> torch.Tensor:
+    """x_adv + u, u uniform in the L-inf ball of ``radius`` (not clipped to [0, 1], as in the papers).
+
+    Keyed by (seed, image id, step, j): the same image gets the same neighbours in any batch.
+    """
+    if not 0 <= j < MAX_NEIGHBOURS:
+        raise ValueError(f"neighbour index must lie in [0, {MAX_NEIGHBOURS}); got {j}")
+    key = ctx.step * MAX_NEIGHBOURS + j
+    u = rng.uniform(ctx.seed, NEIGHBOUR_STREAM, ctx.ids + NEIGHBOUR_ID_OFFSET, key, x_adv[0].numel())  # (B, D)
+    u = u.to(device=x_adv.device, dtype=x_adv.dtype).view_as(x_adv)
+    return x_adv + radius * (2 * u - 1)
+
+
+def l2_direction(grad: torch.Tensor) -> torch.Tensor:
+    """grad / ||grad||_2 per image: the unit vector of a Hessian-vector finite difference."""
+    return grad / per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+
+
+def mean_abs_direction(grad: torch.Tensor) -> torch.Tensor:
+    """grad / mean|grad| per image: a step of about one unit per pixel (the NI/PGN authors' normalization)."""
+    return grad / per_image(grad.abs().flatten(1).mean(dim=1).clamp_min(1e-12), grad)
+
+
+def _count(value: float, name: str) -> int:
+    """A sample count from a protocol (JSON may hold 20 or 20.0): a positive integer, or ValueError."""
+    if value != int(value) or not 1 <= int(value) <= MAX_NEIGHBOURS:
+        raise ValueError(f"{name} must be an integer in [1, {MAX_NEIGHBOURS}]; got {value!r}")
+    return int(value)
+
+
+def _non_negative(value: float, name: str) -> None:
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0; got {value!r}")
+
+
+@dataclass(frozen=True)
+class Nesterov:
+    """NI-FGSM look-ahead (Lin et al. 2020, Eq. 7): the gradient at x_t + alpha * mu * g_t.
+
+    g_t is the accumulated momentum of the ``Momentum`` transform in the same loop. The look-ahead uses it in
+    the normalization of the authors' code (each gradient divided by its *mean* absolute value, i.e. our
+    L1-normalized momentum times the pixel count), so it reaches about one step ahead, as intended; with the
+    L1 sum written in the paper it would move by alpha / D, i.e. nowhere.
+    """
+
+    mu: float = 1.0
+
+    def __call__(self, grad_fn: GradFn, x_adv: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        if ctx.step == 0:
+            return grad_fn(x_adv)  # g_0 = 0: the look-ahead point is x_adv itself
+        momentum = ctx.state.get("momentum")
+        if momentum is None:
+            raise ValueError("Nesterov reads the momentum of the Momentum grad transform: use it in the same loop")
+        return grad_fn(x_adv + (ctx.step_size * self.mu * x_adv[0].numel()) * momentum)
+
+    def evals(self, step: int, steps: int) -> int:
+        return 1
+
+
+@dataclass(frozen=True)
+class VarianceTuning:
+    """VMI-FGSM (Wang & He 2021, Eq. 4 and Alg. 1): use grad J(x_t) + v_t, with the gradient variance
+    v_{t+1} = mean_i grad J(x_t + r_i) - grad J(x_t), r_i uniform in the beta * eps ball, i = 1..n.
+
+    v_0 = 0, and the variance of the last step is never used, so it is not computed (no change in results).
+    """
+
+    n: int = 20
+    beta: float = 1.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", _count(self.n, "VMI n"))
+        _non_negative(self.beta, "VMI beta")
+
+    def __call__(self, grad_fn: GradFn, x_adv: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        grad = grad_fn(x_adv)  # (B, C, H, W)
+        variance = ctx.state.get("variance")
+        tuned = grad if variance is None else grad + variance
+        if ctx.step < ctx.steps - 1:
+            total = torch.zeros_like(grad)
+            for j in range(self.n):
+                total += grad_fn(neighbour(x_adv, self.beta * ctx.eps, ctx, j))
+            ctx.state["variance"] = total / self.n - grad
+        return tuned
+
+    def evals(self, step: int, steps: int) -> int:
+        return 1 + self.n if step < steps - 1 else 1
+
+
+@dataclass(frozen=True)
+class PGN:
+    """PGN (Ge et al. NeurIPS 2023, Alg. 1): penalized gradients averaged over n random neighbours.
+
+    For each neighbour x' = x_t + u, u uniform in the zeta-ball (zeta = zeta_frac * eps): g' = grad J(x'),
+    the predicted point x* = x' - alpha * g' / mean|g'| (alpha: the attack's step size; mean-|.| normalization
+    as in the authors' code), g* = grad J(x*), and the estimate is mean over neighbours of
+    (1 - delta) g' + delta g*. Since g' - g* ~ h H g'/||g'||_2 with h = ||x' - x*||_2, this is the gradient of
+    J - delta * h * ||grad J||_2 (Eq. 10-11): a finite-difference gradient-norm penalty.
+    delta = 0, zeta_frac = 0, n = 1 is exactly MI-FGSM's gradient.
+    """
+
+    n: int = 20
+    delta: float = 0.5
+    zeta_frac: float = 3.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", _count(self.n, "PGN n"))
+        _non_negative(self.delta, "PGN delta")
+        _non_negative(self.zeta_frac, "PGN zeta_frac")
+
+    def __call__(self, grad_fn: GradFn, x_adv: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for j in range(self.n):
+            near = neighbour(x_adv, self.zeta_frac * ctx.eps, ctx, j)
+            g = grad_fn(near)  # (B, C, H, W)
+            if self.delta != 0:
+                g_star = grad_fn(near - ctx.step_size * mean_abs_direction(g))
+                g = (1 - self.delta) * g + self.delta * g_star
+            total = g if total is None else total + g
+        assert total is not None  # n >= 1
+        return total / self.n
+
+    def evals(self, step: int, steps: int) -> int:
+        return 2 * self.n if self.delta != 0 else self.n
+
+
+@dataclass(frozen=True)
+class GNP:
+    """GNP (Wu, Luo & Wunsch, ICIP 2023): (1 + beta) grad J(x) - beta grad J(x + r g / ||g||_2), g = grad J(x).
+
+    The gradient of J - lam ||grad J||_2 with the Hessian-vector product replaced by a forward difference of
+    length r along g / ||g||_2, and beta = lam / r. beta = 0 is exactly MI-FGSM's gradient (one evaluation).
+    """
+
+    r: float = 0.01
+    beta: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not self.r > 0:
+            raise ValueError(f"GNP r (finite-difference length) must be > 0; got {self.r!r}")
+        _non_negative(self.beta, "GNP beta")
+
+    def __call__(self, grad_fn: GradFn, x_adv: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        grad = grad_fn(x_adv)  # (B, C, H, W)
+        if self.beta == 0:
+            return grad
+        ahead = grad_fn(x_adv + self.r * l2_direction(grad))
+        return (1 + self.beta) * grad - self.beta * ahead
+
+    def evals(self, step: int, steps: int) -> int:
+        return 1 if self.beta == 0 else 2
+
+
+@dataclass(frozen=True)
+class TPA:
+    """TPA, the flatness-aware attack of Fan et al. (arXiv 2311.06423, NeurIPS 2024; "FAA" in its v1).
+
+    Ascends J(x) - lam * E_{u ~ U(-b, b)} ||grad J(x + u)||_2 (Eq. 5), with the gradient (Eq. 7)
+    grad J(x) - lam / n * sum_i H_i g_i / ||g_i||_2 at n neighbours x_i = x + u_i, each Hessian-vector product
+    replaced by (grad J(x_i + k g_i / ||g_i||_2) - g_i) / k (Eq. 10). b is absolute (pixels in [0, 1]), k is
+    the L2 length of the finite difference. lam = 0 is exactly MI-FGSM's gradient (one evaluation).
+    """
+
+    lam: float = 5.0
+    b: float = 16 / 255
+    k: float = 0.05
+    n: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", _count(self.n, "TPA n"))
+        _non_negative(self.lam, "TPA lam")
+        _non_negative(self.b, "TPA b")
+        if not self.k > 0:
+            raise ValueError(f"TPA k (finite-difference length) must be > 0; got {self.k!r}")
+
+    def __call__(self, grad_fn: GradFn, x_adv: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        grad = grad_fn(x_adv)  # (B, C, H, W)
+        if self.lam == 0:
+            return grad
+        change = torch.zeros_like(grad)  # sum_i of grad J(x_i + k v_i) - grad J(x_i), ~ k * sum_i H_i v_i
+        for j in range(self.n):
+            near = neighbour(x_adv, self.b, ctx, j)
+            g_near = grad_fn(near)
+            change += grad_fn(near + self.k * l2_direction(g_near)) - g_near
+        return grad - (self.lam / (self.n * self.k)) * change
+
+    def evals(self, step: int, steps: int) -> int:
+        return 1 if self.lam == 0 else 1 + 2 * self.n

@@ -1,0 +1,378 @@
+"""Paired comparison of two records of the same protocol and data: is B worse than A, image by image?
+
+Both records carry per-image outcome bits, so every (cell, target) can be compared on the *same* images.
+For each (cell, target), with the protocol's ranking ASR definition (``protocol.ranking_asr``, default
+``target_correct``):
+
+- **Images** (the denominator): ``target_correct``: images the target classifies correctly in both records
+  (identical bits when the target and data are identical, which :func:`compare` checks; images where they
+  disagree are counted in ``n_excluded``); ``all``: every image; ``both_correct``: images the target and
+  *every* surrogate run of A and of B classify correctly, a common set so that the comparison stays paired
+  (its rates can therefore differ slightly from each record's own ``both_correct`` rate).
+- **Per-image outcome**: success (0/1) for a single model or an ensemble. For a seed group the outcome of
+  an image is the fraction of its runs that succeed, so the rate is the mean over seeds of the run rates
+  (the seed-group convention of the ranking score); a single model and a seed group can be compared.
+- **Difference** ``diff = rate_B - rate_A`` (fractions; ``format`` prints percentage points).
+- **95% CI of the difference**: paired percentile bootstrap over images, ``n_boot`` resamples with a fixed
+  seed per (seed, cell, target), so the interval does not depend on the order of cells. Resampling is done
+  exactly but cheaply: the per-image differences take few distinct values, and resampling images with
+  replacement is the same as drawing the counts of those values from a multinomial.
+- **p-value**: exact two-sided sign test on the images whose outcome differs (``a_only``: A better on the
+  image, ``b_only``: B better), i.e. ``min(1, 2 P[X <= min(a_only, b_only)])`` with
+  ``X ~ Binomial(a_only + b_only, 1/2)``. For 0/1 outcomes this is exactly the exact McNemar test.
+- **Multiplicity**: Holm step-down adjusted p-values over all compared (cell, target) pairs.
+- **Regression**: B significantly worse than A, ``p_holm < alpha`` and ``diff < -min_effect``.
+
+:func:`exit_code` is the process contract of ``transferbench compare A B``: 0 no significant regression,
+1 a regression; :func:`gate` adds 2 for "cannot compare" (different protocol or data), so CI can tell them apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from bench.metrics.asr import unpack_bits
+from bench.protocol import ASR_DEFINITIONS
+from leaderboard.record import Record
+from leaderboard.store import protocol_key
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+EXIT_NOT_COMPARABLE = 2
+CELL_COLUMNS = [
+    "cell", "target", "ranking", "n", "n_excluded", "rate_a", "rate_b", "diff", "ci_lo", "ci_hi", "a_only", "b_only",
+    "p_value", "p_holm", "significant", "regression", "improvement",
+]  # fmt: skip
+
+
+class ComparisonError(ValueError):
+    """The two records cannot be compared pairwise; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class CellDiff:
+    """One compared (cell, target): rates of A and B on the common images, the difference, its CI and p-values."""
+
+    cell: str
+    target: str
+    n: int
+    rate_a: float
+    rate_b: float
+    diff: float
+    ci_lo: float
+    ci_hi: float
+    a_only: int
+    b_only: int
+    p_value: float
+    p_holm: float
+
+
+@dataclass
+class Comparison:
+    """Result of :func:`compare`; ``cells`` has one row per (cell, target) with the columns of :data:`CELL_COLUMNS`."""
+
+    a: str
+    b: str
+    protocol: str
+    protocol_sha256: str
+    data_sha256: str
+    n_images: int
+    asr: str
+    alpha: float
+    min_effect: float
+    n_boot: int
+    seed: int
+    runs_a: int
+    runs_b: int
+    score_a: float
+    score_b: float
+    ranking_cell: str
+    cells: pd.DataFrame
+    regressions: list[CellDiff] = field(default_factory=list)
+    improvements: list[CellDiff] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self)
+
+    def format(self, *, all_cells: bool = False) -> str:
+        """Human-readable report: header, method, regressions, improvements, the ranking cell (or every cell)."""
+        lines = [
+            f"Paired comparison  A = {self.a}  vs  B = {self.b}",
+            f"protocol {self.protocol} (sha256 {self.protocol_sha256}), data sha256 {self.data_sha256}, "
+            f"{self.n_images} images; runs A {self.runs_a}, B {self.runs_b}",
+            f"score ({self.ranking_cell}, mean {self.asr} ASR over targets): A {100 * self.score_a:.2f}%  "
+            f"B {100 * self.score_b:.2f}%  (B - A {100 * (self.score_b - self.score_a):+.2f} pp)",
+            f"method: diff = B - A of the {self.asr} ASR on paired images; 95% CI by paired bootstrap over images "
+            f"({self.n_boot} resamples, seed {self.seed}); p by exact McNemar / sign test on discordant images, "
+            f"Holm-adjusted over {int(self.cells['p_value'].notna().sum())} (cell, target) tests; "
+            f"regression = Holm p < {self.alpha:g} and diff < -{100 * self.min_effect:g} pp",
+        ]
+        sections: list[tuple[str, pd.DataFrame]] = [
+            (f"regressions (B significantly worse): {len(self.regressions)}", self.cells[self.cells["regression"]]),
+            (f"improvements (B significantly better): {len(self.improvements)}", self.cells[self.cells["improvement"]]),
+        ]
+        if all_cells:
+            sections.append(("all cells", self.cells))
+        else:
+            sections.append((f"ranking cell {self.ranking_cell}", self.cells[self.cells["ranking"]]))
+        for title, df in sections:
+            lines += ["", title]
+            if not df.empty:
+                lines.append(_format_rows(df))
+        verdict = "REGRESSION" if self.regressions else "no significant regression"
+        lines += ["", f"result: {verdict} (exit {self.exit_code})"]
+        return "\n".join(lines)
+
+
+def _format_rows(df: pd.DataFrame) -> str:
+    shown = pd.DataFrame({
+        "cell": df["cell"], "target": df["target"], "n": df["n"],
+        "A %": [f"{100 * v:.2f}" for v in df["rate_a"]], "B %": [f"{100 * v:.2f}" for v in df["rate_b"]],
+        "diff pp": [f"{100 * v:+.2f}" for v in df["diff"]],
+        "95% CI pp": [f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" for lo, hi in zip(df["ci_lo"], df["ci_hi"], strict=True)],
+        "A only": df["a_only"], "B only": df["b_only"],
+        "p": [f"{v:.3g}" for v in df["p_value"]], "p Holm": [f"{v:.3g}" for v in df["p_holm"]],
+    })  # fmt: skip
+    return shown.to_string(index=False)
+
+
+# --- statistics ----------------------------------------------------------------------------------------------------
+
+
+def _binom_cdf_half_exact(k: int, n: int) -> float:
+    """P[X <= k] for X ~ Binomial(n, 1/2), exactly with integers (fallback when scipy is missing)."""
+    term, total = 1, 1  # C(n, 0)
+    for i in range(k):
+        term = term * (n - i) // (i + 1)
+        total += term
+    return total / (1 << n)
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts: ``min(1, 2 P[X <= min])``, X ~ Bin(a+b, 1/2)."""
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"discordant counts must be non-negative, got {a_only} and {b_only}")
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return 1.0
+    try:
+        from scipy.stats import binom
+    except ImportError:  # scipy comes with scikit-learn; keep an exact path regardless
+        cdf = _binom_cdf_half_exact(k, n)
+    else:
+        cdf = float(binom.cdf(k, n, 0.5))
+    return min(1.0, 2.0 * cdf)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values (NaN entries stay NaN and do not count as tests)."""
+    p = np.asarray(p_values, dtype=float)
+    adj = np.full_like(p, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m, running = len(valid), 0.0
+    for rank, idx in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        adj[idx] = running
+    return adj
+
+
+def paired_bootstrap_ci(
+    d: np.ndarray, *, n_boot: int, rng: np.random.Generator, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``mean(d)`` resampling images, via multinomial counts of d's distinct values."""
+    if d.size == 0:
+        return math.nan, math.nan
+    values, counts = np.unique(d, return_counts=True)
+    if values.size == 1:
+        return float(values[0]), float(values[0])
+    draws = rng.multinomial(d.size, counts / d.size, size=n_boot)
+    means = draws @ values / d.size
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+# --- pairing -------------------------------------------------------------------------------------------------------
+
+
+def check_comparable(a: Record, b: Record) -> None:
+    """Raise :class:`ComparisonError` unless A and B share the protocol hash, the data hash and the target weights."""
+    if a.protocol["sha256"] != b.protocol["sha256"]:
+        raise ComparisonError(
+            f"A ({a.submission['name']}) was evaluated under {protocol_key(a.protocol)} (sha256 "
+            f"{a.protocol['sha256'][:12]}) and B ({b.submission['name']}) under {protocol_key(b.protocol)} (sha256 "
+            f"{b.protocol['sha256'][:12]}); only records of the same protocol hash are comparable. Evaluate both "
+            "under the same protocol."
+        )
+    if a.data["sha256"] != b.data["sha256"] or a.data.get("n_images") != b.data.get("n_images"):
+        raise ComparisonError(
+            f"A and B were evaluated on different images (data sha256 {a.data['sha256'][:12]} with "
+            f"{a.data.get('n_images')} images vs {b.data['sha256'][:12]} with {b.data.get('n_images')}), so they "
+            "cannot be paired: e.g. a --limit run vs a full run, or a JPEG copy vs canonical data. Evaluate both on "
+            "the same data with the same --limit."
+        )
+    if not isinstance(a.data.get("n_images"), int) or a.data["n_images"] < 1:
+        raise ComparisonError(f"data.n_images of the records is {a.data.get('n_images')!r}, not a positive integer; "
+                              "the records are damaged or too old: re-evaluate them.")  # fmt: skip
+    for t in sorted(set(a.targets) & set(b.targets)):
+        if a.targets[t].get("sha256") != b.targets[t].get("sha256"):
+            raise ComparisonError(
+                f"target {t} has different weights in A (sha256 {str(a.targets[t].get('sha256'))[:12]}) and B "
+                f"(sha256 {str(b.targets[t].get('sha256'))[:12]}); evaluate both against the same target checkpoint."
+            )
+    for name, rec in (("A", a), ("B", b)):
+        for i, run in enumerate(rec.runs):
+            if "outcomes" not in run or "success" not in run["outcomes"]:
+                raise ComparisonError(
+                    f"{name} ({rec.submission['name']}) runs[{i}] has no per-image outcomes; re-evaluate it with a "
+                    "transferbench version that stores them."
+                )
+
+
+def _bits(text: str | None, n: int, where: str) -> np.ndarray:
+    if text is None:
+        raise ComparisonError(f"{where} is missing from the record; re-evaluate the submission.")
+    try:
+        return unpack_bits(text, n)
+    except ValueError as e:
+        raise ComparisonError(f"{where}: {e}; the record is damaged.") from None
+
+
+def _per_image(rec: Record, cell: str, target: str, asr: str, n: int, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of images every run of ``rec`` needs correct for ``both_correct``, per-image success fraction)."""
+    need = np.ones(n, dtype=bool)
+    frac = np.zeros(n)
+    for i, run in enumerate(rec.runs):
+        per_model = run["outcomes"]["success"].get(cell, {})
+        where = f"{tag} runs[{i}].outcomes.success[{cell!r}]"
+        success = _bits(per_model.get(target), n, f"{where}[{target!r}]")
+        if asr == "both_correct":
+            sur = _bits(per_model.get("surrogate"), n, f"{where}['surrogate']")
+            need &= _bits(run["outcomes"].get("clean_correct"), n, f"{tag} runs[{i}].outcomes.clean_correct")
+            success = success & sur
+        frac += success
+    return need, frac / len(rec.runs)
+
+
+def compare(
+    a: Record,
+    b: Record,
+    *,
+    alpha: float = 0.05,
+    min_effect: float = 0.0,
+    asr: str | None = None,
+    cells: Sequence[str] | None = None,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> Comparison:
+    """Paired comparison of B against A (see the module docstring for the method).
+
+    ``asr`` defaults to the protocol's ranking definition; ``cells`` restricts the comparison (and the Holm
+    family) to some cell keys, e.g. ``[record.protocol["ranking_cell"]]``. ``min_effect`` is a fraction
+    (0.02 = 2 percentage points).
+    """
+    if not 0 < alpha < 1:
+        raise ComparisonError(f"alpha must be in (0, 1), got {alpha}")
+    if min_effect < 0:
+        raise ComparisonError(f"min_effect is a non-negative fraction (0.02 = 2 points), got {min_effect}")
+    if n_boot < 100:
+        raise ComparisonError(f"n_boot={n_boot} is too few bootstrap resamples for a 95% interval; use 1000 or more")
+    check_comparable(a, b)
+    asr = asr or a.protocol.get("ranking_asr", "target_correct")
+    if asr not in ASR_DEFINITIONS:
+        raise ComparisonError(f"unknown ASR definition {asr!r}; use one of {', '.join(ASR_DEFINITIONS)}")
+    n = int(a.data["n_images"])
+    ranking_cell = a.protocol.get("ranking_cell", "")
+    common = [c for c in a.runs[0]["cells"] if all(c in r["cells"] for r in (*a.runs, *b.runs))]
+    if cells is not None:
+        unknown = [c for c in cells if c not in common]
+        if unknown:
+            raise ComparisonError(f"cells {unknown} are not in both records; available: {', '.join(common)}")
+        common = [c for c in common if c in cells]
+    targets = sorted(set(a.targets) & set(b.targets))
+    base: dict[str, tuple[np.ndarray, int]] = {}
+    for t in targets:
+        clean_a = _bits(a.targets[t].get("clean_correct"), n, f"A targets[{t!r}].clean_correct")
+        clean_b = _bits(b.targets[t].get("clean_correct"), n, f"B targets[{t!r}].clean_correct")
+        if asr == "all":
+            base[t] = np.ones(n, dtype=bool), 0
+        else:
+            base[t] = clean_a & clean_b, int((clean_a ^ clean_b).sum())
+            if base[t][1]:
+                log.warning("target %s: clean correctness differs on %d of %d images between A and B (same weights "
+                            "and data, different hardware?); those images are left out", t, base[t][1], n)  # fmt: skip
+    rows = []
+    for cell in common:
+        for t in targets:
+            mask, excluded = base[t][0].copy(), base[t][1]
+            need_a, fa = _per_image(a, cell, t, asr, n, "A")
+            need_b, fb = _per_image(b, cell, t, asr, n, "B")
+            if asr == "both_correct":
+                mask &= need_a & need_b
+            fa, fb = fa[mask], fb[mask]
+            d = fb - fa
+            a_only, b_only = int((d < 0).sum()), int((d > 0).sum())
+            rng = np.random.default_rng([seed, zlib.crc32(f"{cell}|{t}".encode())])
+            lo, hi = paired_bootstrap_ci(d, n_boot=n_boot, rng=rng)
+            rate_a = float(fa.mean()) if fa.size else math.nan
+            rate_b = float(fb.mean()) if fb.size else math.nan
+            rows.append({
+                "cell": cell, "target": t, "ranking": cell == ranking_cell, "n": int(mask.sum()),
+                "n_excluded": excluded, "rate_a": rate_a, "rate_b": rate_b, "diff": rate_b - rate_a,
+                "ci_lo": lo, "ci_hi": hi, "a_only": a_only, "b_only": b_only,
+                "p_value": mcnemar_exact(a_only, b_only) if fa.size else math.nan,
+            })  # fmt: skip
+    df = pd.DataFrame(rows, columns=[c for c in CELL_COLUMNS if c not in ("p_holm", "significant", "regression",
+                                                                          "improvement")])  # fmt: skip
+    df["p_holm"] = holm(df["p_value"].to_numpy()) if len(df) else []
+    df["significant"] = df["p_holm"] < alpha
+    df["regression"] = df["significant"] & (df["diff"] < -min_effect)
+    df["improvement"] = df["significant"] & (df["diff"] > min_effect)
+    df = df[CELL_COLUMNS]
+
+    def diffs(sel: pd.Series) -> list[CellDiff]:
+        return [CellDiff(**{k: r[k] for k in CellDiff.__dataclass_fields__}) for r in df[sel].to_dict("records")]
+
+    return Comparison(
+        a=_label(a), b=_label(b), protocol=protocol_key(a.protocol), protocol_sha256=a.protocol["sha256"],
+        data_sha256=a.data["sha256"], n_images=n, asr=asr, alpha=alpha, min_effect=min_effect, n_boot=n_boot,
+        seed=seed, runs_a=len(a.runs), runs_b=len(b.runs), score_a=float(a.score["mean"]),
+        score_b=float(b.score["mean"]), ranking_cell=ranking_cell, cells=df, regressions=diffs(df["regression"]),
+        improvements=diffs(df["improvement"]),
+    )  # fmt: skip
+
+
+def _label(r: Record) -> str:
+    return f"{r.submission['name']} ({r.submission['kind']}, sha256 {r.submission['sha256'][:12]})"
+
+
+def exit_code(comparison: Comparison) -> int:
+    """Process exit status for CI: 0 when no cell regressed significantly, 1 when at least one did."""
+    return EXIT_REGRESSION if comparison.regressions else EXIT_OK
+
+
+def gate(
+    a: Record,
+    b: Record,
+    *,
+    alpha: float = 0.05,
+    min_effect: float = 0.0,
+    asr: str | None = None,
+    cells: Sequence[str] | None = None,
+    all_cells: bool = False,
+) -> tuple[int, str]:
+    """What ``transferbench compare A B`` prints and returns: (0 | 1 | 2, report); 2 = cannot be compared."""
+    try:
+        result = compare(a, b, alpha=alpha, min_effect=min_effect, asr=asr, cells=cells)
+    except ComparisonError as e:
+        return EXIT_NOT_COMPARABLE, f"error: {e}"
+    return exit_code(result), result.format(all_cells=all_cells)

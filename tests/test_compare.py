@@ -1,0 +1,229 @@
+"""Paired comparison of two records: McNemar / sign test, bootstrap CI, Holm, refusals and the exit-code contract."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+from test_leaderboard import make_record
+
+from bench.metrics.asr import Rate, pack_bits, transfer_rates, unpack_bits
+from bench.protocol import get_protocol
+from leaderboard.compare import (
+    EXIT_NOT_COMPARABLE,
+    EXIT_OK,
+    EXIT_REGRESSION,
+    ComparisonError,
+    _binom_cdf_half_exact,
+    compare,
+    exit_code,
+    gate,
+    holm,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+)
+from leaderboard.record import Record
+
+PROTO = get_protocol("smoke-digits")
+N = 300
+
+
+def _with_outcomes(name: str, n: int, success_prob: float, *, worse_than: Record | None = None,
+                   flip: float = 0.0, seed: int = 0) -> Record:  # fmt: skip
+    """A make_record record re-filled with ``n`` images of outcome bits, its rates recomputed from the bits.
+
+    Every record built here shares the target clean bits (same targets, same data). With ``worse_than``
+    the success bits are those of that record with a fraction ``flip`` of its successes turned into failures,
+    so the two records differ on many images, always in the same direction.
+    """
+    rec = copy.deepcopy(make_record(name))
+    rec.data["n_images"] = n
+    shared = np.random.default_rng(12345)
+    target_clean = {t: shared.random(n) < 0.85 for t in PROTO.targets}
+    for t, bits in target_clean.items():
+        rec.targets[t]["clean_correct"] = pack_bits(bits)
+        rec.targets[t]["clean_accuracy"] = float(bits.mean())
+    rng = np.random.default_rng(seed)
+    run = rec.runs[0]
+    correct = rng.random(n) < 0.9
+    run["outcomes"]["clean_correct"] = pack_bits(correct)
+    for cell in PROTO.cells():
+        models = ["surrogate", *PROTO.targets]
+        if worse_than is None:
+            bits = {m: rng.random(n) < success_prob for m in models}
+        else:
+            base = worse_than.runs[0]["outcomes"]["success"][cell.key]
+            bits = {m: unpack_bits(base[m], n) & ~(rng.random(n) < flip) for m in models}
+        run["outcomes"]["success"][cell.key] = {m: pack_bits(b) for m, b in bits.items()}
+        rates = {t: transfer_rates(target_clean[t], bits[t], correct, bits["surrogate"]) for t in PROTO.targets}
+        run["cells"][cell.key] = {
+            "fooling_rate": Rate(int((bits["surrogate"] & correct).sum()), int(correct.sum())).to_json(),
+            "targets": {t: {d: r.to_json() for d, r in per.items()} for t, per in rates.items()},
+        }
+    return rec
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[Record, Record]:
+    a = _with_outcomes("good", N, 0.6, seed=1)
+    b = _with_outcomes("worse", N, 0.6, worse_than=a, flip=0.5, seed=2)
+    return a, b
+
+
+def test_record_compared_with_itself_has_no_differences() -> None:
+    rec = make_record("self")
+    result = compare(rec, rec)
+    df = result.cells
+    assert len(df) == len(PROTO.cells()) * len(PROTO.targets)
+    assert (df["diff"] == 0).all() and (df["a_only"] == 0).all() and (df["b_only"] == 0).all()
+    assert (df["p_value"] == 1).all() and (df["p_holm"] == 1).all()
+    assert (df["ci_lo"] == 0).all() and (df["ci_hi"] == 0).all()
+    assert result.regressions == [] and result.improvements == []
+    assert exit_code(result) == result.exit_code == EXIT_OK
+    code, text = gate(rec, rec)
+    assert code == EXIT_OK and "no significant regression" in text and "exit 0" in text
+
+
+def test_regression_is_detected_with_exit_1_and_ci_excluding_zero(pair: tuple[Record, Record]) -> None:
+    a, b = pair
+    result = compare(a, b)
+    df = result.cells
+    assert (df["diff"] < 0).all() and (df["b_only"] == 0).all() and (df["a_only"] > 20).all()
+    assert len(result.regressions) == len(df)  # every cell got worse, far beyond chance
+    assert all(r.ci_hi < 0 for r in result.regressions)
+    assert all(r.p_holm < 0.05 and r.diff < 0 for r in result.regressions)
+    assert exit_code(result) == EXIT_REGRESSION
+    code, text = gate(a, b)
+    assert code == EXIT_REGRESSION and "REGRESSION" in text and PROTO.ranking_cell in text
+    # the other direction is an improvement, not a regression
+    back = compare(b, a)
+    assert back.regressions == [] and len(back.improvements) == len(df) and back.exit_code == EXIT_OK
+    # a minimum effect larger than every difference turns the significant cells into non-regressions
+    big = compare(a, b, min_effect=float(-df["diff"].min()) + 0.01)
+    assert big.regressions == [] and big.exit_code == EXIT_OK
+
+
+def test_rates_are_the_records_own_rates(pair: tuple[Record, Record]) -> None:
+    a, b = pair
+    for asr in ("target_correct", "all"):
+        df = compare(a, b, asr=asr).cells.set_index(["cell", "target"])
+        for rec, col in ((a, "rate_a"), (b, "rate_b")):
+            for cell, content in rec.runs[0]["cells"].items():
+                for t, rates in content["targets"].items():
+                    assert df.loc[(cell, t), col] == pytest.approx(rates[asr]["rate"])
+                    assert df.loc[(cell, t), "n"] == rates[asr]["n"]
+
+
+def test_both_correct_uses_a_common_paired_denominator(pair: tuple[Record, Record]) -> None:
+    a, b = pair
+    df = compare(a, b, asr="both_correct").cells
+    ca = unpack_bits(a.runs[0]["outcomes"]["clean_correct"], N)
+    cb = unpack_bits(b.runs[0]["outcomes"]["clean_correct"], N)
+    for row in df.itertuples():
+        tc = unpack_bits(a.targets[row.target]["clean_correct"], N)
+        assert row.n == int((tc & ca & cb).sum())
+        assert row.n <= min(a.runs[0]["cells"][row.cell]["targets"][row.target]["both_correct"]["n"],
+                            b.runs[0]["cells"][row.cell]["targets"][row.target]["both_correct"]["n"])  # fmt: skip
+
+
+def test_p_value_is_the_exact_mcnemar_binomial(pair: tuple[Record, Record]) -> None:
+    # hand computation: 2 * P[X <= 3], X ~ Bin(15, 1/2) = 2 * (1 + 15 + 105 + 455) / 2^15
+    assert mcnemar_exact(3, 12) == pytest.approx(2 * 576 / 32768, rel=1e-12)
+    assert mcnemar_exact(12, 3) == mcnemar_exact(3, 12)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    assert mcnemar_exact(0, 10) == pytest.approx(2 / 1024, rel=1e-12)
+    for b, c in ((7, 30), (40, 41), (0, 1)):
+        exact = min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c))
+        assert mcnemar_exact(b, c) == pytest.approx(exact, rel=1e-9)
+        tail = sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c)
+        assert _binom_cdf_half_exact(min(b, c), b + c) == pytest.approx(tail, rel=1e-12)  # the scipy-free path
+    with pytest.raises(ValueError, match="non-negative"):
+        mcnemar_exact(-1, 3)
+    a = _with_outcomes("x", 64, 0.5, seed=7)
+    b = _with_outcomes("y", 64, 0.5, seed=8)
+    row = compare(a, b).cells.iloc[0]
+    t = row["target"]
+    mask = unpack_bits(a.targets[t]["clean_correct"], 64)
+    sa = unpack_bits(a.runs[0]["outcomes"]["success"][row["cell"]][t], 64)[mask]
+    sb = unpack_bits(b.runs[0]["outcomes"]["success"][row["cell"]][t], 64)[mask]
+    a_only, b_only = int((sa & ~sb).sum()), int((sb & ~sa).sum())
+    assert (row["a_only"], row["b_only"]) == (a_only, b_only)
+    k, m = min(a_only, b_only), a_only + b_only
+    assert row["p_value"] == pytest.approx(min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m))
+
+
+def test_holm_adjustment() -> None:
+    adj = holm([0.01, 0.04, 0.03, 0.005])
+    assert adj == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    with_nan = holm([0.01, float("nan"), 0.04])
+    assert with_nan[0] == pytest.approx(0.02) and math.isnan(with_nan[1]) and with_nan[2] == pytest.approx(0.04)
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 2 * 0.8 capped at 1, and monotone
+    assert holm([0.2, 0.01]) == pytest.approx([0.2, 0.02])
+
+
+def test_bootstrap_ci_matches_normal_theory_and_is_reproducible(pair: tuple[Record, Record]) -> None:
+    rng = np.random.default_rng(3)
+    d = rng.choice([-1.0, 0.0, 1.0], size=2000, p=[0.3, 0.5, 0.2])
+    lo, hi = paired_bootstrap_ci(d, n_boot=20_000, rng=np.random.default_rng(0))
+    half = 1.959964 * d.std() / math.sqrt(d.size)
+    assert lo == pytest.approx(d.mean() - half, abs=0.004) and hi == pytest.approx(d.mean() + half, abs=0.004)
+    a, b = pair
+    one, two = compare(a, b), compare(a, b)
+    assert one.cells[["ci_lo", "ci_hi"]].equals(two.cells[["ci_lo", "ci_hi"]])
+    only = compare(a, b, cells=[PROTO.ranking_cell])  # per-cell seeds: a subset gives the same intervals
+    full = one.cells[one.cells["cell"] == PROTO.ranking_cell].reset_index(drop=True)
+    assert only.cells[["ci_lo", "ci_hi", "p_value"]].equals(full[["ci_lo", "ci_hi", "p_value"]])
+    assert len(only.cells) == len(PROTO.targets)
+
+
+def test_seed_group_compares_run_wise_means() -> None:
+    a = make_record("single")
+    g = make_record("group", n_runs=3)
+    g.targets = copy.deepcopy(a.targets)  # same target clean bits, as in a real evaluation
+    df = compare(a, g).cells.set_index(["cell", "target"])
+    n = a.data["n_images"]
+    for cell in (PROTO.ranking_cell, "dim/linf-64/targeted"):
+        for t in PROTO.targets:
+            clean = unpack_bits(a.targets[t]["clean_correct"], n)
+            runs = [unpack_bits(r["outcomes"]["success"][cell][t], n)[clean].mean() for r in g.runs]
+            assert df.loc[(cell, t), "rate_b"] == pytest.approx(np.mean(runs))
+
+
+def test_refuses_records_that_are_not_paired() -> None:
+    a = make_record("a")
+    other_proto = make_record("b", protocol_sha256="f" * 64)
+    with pytest.raises(ComparisonError, match="same protocol"):
+        compare(a, other_proto)
+    with pytest.raises(ComparisonError, match="different images"):
+        compare(a, make_record("c", data_sha256="e" * 64))
+    with pytest.raises(ComparisonError, match="different images"):
+        compare(a, make_record("d", partial=True))
+    with pytest.raises(ComparisonError, match="same protocol"):
+        compare(a, make_record("e", protocol="cifar10"))
+    other_target = make_record("f")
+    other_target.targets["smoke-mlp"]["sha256"] = "0" * 64
+    with pytest.raises(ComparisonError, match="smoke-mlp"):
+        compare(a, other_target)
+    code, text = gate(a, other_proto)
+    assert code == EXIT_NOT_COMPARABLE and text.startswith("error:") and "protocol" in text
+
+
+def test_bad_arguments_are_named() -> None:
+    a = make_record("a")
+    with pytest.raises(ComparisonError, match="alpha"):
+        compare(a, a, alpha=1.5)
+    with pytest.raises(ComparisonError, match="min_effect"):
+        compare(a, a, min_effect=-0.1)
+    with pytest.raises(ComparisonError, match="unknown ASR"):
+        compare(a, a, asr="nope")
+    with pytest.raises(ComparisonError, match="not in both records"):
+        compare(a, a, cells=["pgd/linf-8/untargeted"])
+
+
+def test_format_lists_method_and_verdict(pair: tuple[Record, Record]) -> None:
+    text = compare(*pair).format(all_cells=True)
+    assert "exact McNemar" in text and "bootstrap" in text and "Holm" in text
+    assert PROTO.sha256 in text and "REGRESSION (exit 1)" in text
+    assert text.count(PROTO.ranking_cell) >= len(PROTO.targets)
