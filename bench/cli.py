@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -97,6 +98,13 @@ def cmd_targets_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    record, path = _evaluate_and_store(args)
+    print(f"score {100 * record.score['mean']:.2f} ({record.protocol['ranking_cell']}, mean ASR over targets); "
+          f"record: {path}")  # fmt: skip
+    return 0
+
+
+def _evaluate_and_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from bench.runner import evaluate, load_protocol_data
     from leaderboard.store import LocalStore
     from surrogates import load_surrogate
@@ -107,16 +115,144 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = args.targets or list(protocol.targets)
     unknown = [n for n in names if n not in protocol.targets]
     if unknown:
-        print(f"error: {unknown} are not targets of {protocol.id} ({', '.join(protocol.targets)})", file=sys.stderr)
-        return 2
+        raise ValueError(f"{unknown} are not targets of {protocol.id} ({', '.join(protocol.targets)})")
     surrogate = load_surrogate(args.path, device=device)
     data = load_protocol_data(protocol, args.data_dir)
     tg = load_targets(names, weights_dir=args.weights_dir, device=device)
     subset = protocol if not args.targets else _with_targets(protocol, names)
     record = evaluate(surrogate, subset, data, tg, device=device, batch_size=args.batch_size, limit=args.limit,
                       progress=not args.quiet)  # fmt: skip
-    path = LocalStore(args.out).add(record, overwrite=args.overwrite)
-    print(f"score {100 * record.score['mean']:.2f} ({protocol.ranking_cell}, mean ASR over targets); record: {path}")
+    return record, LocalStore(args.out).add(record, overwrite=args.overwrite)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Validate, evaluate, store, and publish to the Hub leaderboard when one is configured."""
+    from leaderboard.hub import publish
+
+    if args.limit or args.targets:
+        raise ValueError("a submission runs the whole protocol: drop --limit/--targets (use `evaluate` to try them)")
+    record, path = _evaluate_and_store(args)
+    print(f"record: {path} (score {100 * record.score['mean']:.2f})")
+    cfg = _hub_config(args)
+    if cfg is None:
+        print("no Hub leaderboard configured (TRANSFERBENCH_HUB_REPO / --repo): the record stays local")
+        return 0
+    print(f"published: {cfg.url}/commit/{publish(record, cfg)}")
+    return 0
+
+
+def _hub_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from leaderboard.hub import HubConfig
+
+    env = HubConfig.from_env()
+    repo = args.repo or (env.repo_id if env else None)
+    if not repo:
+        return None
+    endpoint = args.endpoint or (env.endpoint if env else None)
+    return HubConfig(repo, revision=args.revision, endpoint=endpoint)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from leaderboard.hub import AlreadyPublishedError, PublishError, publish, require_config
+    from leaderboard.store import LocalStore
+
+    cfg = require_config(_hub_config(args))
+    if args.all == bool(args.records):
+        raise ValueError("give record files or --all (not both)")
+    store = LocalStore(args.dir)
+    records = list(store.records(args.protocol)) if args.all else [store.read(Path(p)) for p in args.records]
+    failed = 0
+    for rec in records:
+        try:
+            print(f"published {rec.submission_id}: {cfg.url}/commit/{publish(rec, cfg, overwrite=args.overwrite)}")
+        except AlreadyPublishedError:
+            print(f"skipped {rec.submission_id} (already published)")
+        except PublishError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from leaderboard.hub import pull, require_config
+    from leaderboard.store import LocalStore
+
+    report = pull(require_config(_hub_config(args)), LocalStore(args.dir))
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0: no significant regression of B against A; 1: regression; 2: not comparable."""
+    from leaderboard.compare import EXIT_NOT_COMPARABLE, gate
+    from leaderboard.record import RecordError
+    from leaderboard.store import LocalStore
+
+    try:
+        a, b = LocalStore.read(Path(args.a)), LocalStore.read(Path(args.b))
+    except (RecordError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NOT_COMPARABLE
+    cells = [a.protocol["ranking_cell"]] if args.ranking_cell_only else None
+    code, text = gate(a, b, alpha=args.alpha, min_effect=args.min_effect, asr=args.asr, cells=cells,
+                      all_cells=args.all_cells)  # fmt: skip
+    print(text, file=sys.stderr if code == EXIT_NOT_COMPARABLE else sys.stdout)
+    return code
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    from leaderboard.plots import analysis_table, write_plots
+    from leaderboard.store import LocalStore
+
+    records = list(LocalStore(args.dir).records(args.protocol))
+    for p in write_plots(records, args.out, fmt=args.format):
+        print(p)
+    print(analysis_table(records).to_string(index=False))
+    return 0
+
+
+def cmd_cite(args: argparse.Namespace) -> int:
+    from leaderboard.cite import cite_text
+    from leaderboard.store import LocalStore
+
+    print(cite_text(LocalStore.read(Path(p)) for p in args.records), end="")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from surrogates.recipes import RECIPES
+
+    if args.show:
+        print(json.dumps(asdict(RECIPES.get(args.show).config), indent=1, default=str))
+        return 0
+    for name, recipe in RECIPES.items():
+        print(f"{name:<16}{recipe.paper:<48}{recipe.summary}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bench.data import load_cifar10, load_digits_smoke
+    from surrogates.recipes import parse_overrides, train_recipe
+
+    if args.data == "cifar10":
+        data = load_cifar10("train", args.data_dir)
+    else:  # digits outside the smoke protocol's held-out list
+        data = load_digits_smoke()
+        held_out = set(get_protocol("smoke-digits").image_ids)
+        data = data.subset(torch.tensor([i for i, k in enumerate(data.ids.tolist()) if k not in held_out]))
+    out = train_recipe(
+        args.recipe,
+        data,
+        arch=args.arch,
+        arch_kwargs=json.loads(args.arch_kwargs),
+        out_dir=args.out,
+        overrides=parse_overrides(args.params),
+        device=_device(args.device),
+        overwrite=args.overwrite,
+    )
+    print(f"submission written to {out}")
     return 0
 
 
@@ -128,14 +264,26 @@ def _with_targets(protocol, names):  # type: ignore[no-untyped-def]
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from leaderboard.store import LocalStore
+    from leaderboard.store import LocalStore, atomic_write_text
     from leaderboard.table import format_table, ranked_table
 
-    df = ranked_table(LocalStore(args.dir).records(args.protocol))
-    if args.csv:
-        df.to_csv(sys.stdout, index=False)
+    records = list(LocalStore(args.dir).records(args.protocol))
+    fmt = "csv" if args.csv else args.format
+    if fmt == "text":
+        text = format_table(ranked_table(records)) + "\n"
+    elif fmt == "html":
+        from leaderboard.page import render_page
+
+        text = render_page(records)
     else:
-        print(format_table(df))
+        from leaderboard.export import render
+
+        text = render(records, fmt, which=args.table)
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -178,7 +326,89 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.set_defaults(func=cmd_targets_verify)
 
-    s = sub.add_parser("evaluate", help="evaluate a surrogate submission folder (or hf://owner/repo@rev)")
+    for command, help_text in (
+        ("evaluate", "evaluate a surrogate submission folder (or hf://owner/repo@rev)"),
+        ("submit", "validate, evaluate the whole protocol, store, and publish when a Hub leaderboard is configured"),
+    ):
+        s = sub.add_parser(command, help=help_text)
+        _evaluate_options(s)
+        s.set_defaults(func=cmd_evaluate if command == "evaluate" else cmd_submit)
+        if command == "submit":
+            _hub_options(s)
+
+    s = sub.add_parser("publish", help="publish local records to the Hub leaderboard (a dataset repo)")
+    s.add_argument("records", nargs="*", help="record JSON files")
+    s.add_argument("--all", action="store_true", help="every record in the local store (or of --protocol)")
+    s.add_argument("--protocol", help="with --all: only this protocol")
+    s.add_argument("--dir", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
+    s.add_argument("--overwrite", action="store_true", help="replace a different record at the same path")
+    _hub_options(s)
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("pull", help="download and verify every record of the Hub leaderboard into the local store")
+    s.add_argument("--dir", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
+    _hub_options(s)
+    s.set_defaults(func=cmd_pull)
+
+    s = sub.add_parser("compare", help="paired per-image comparison of two records; exit 1 on a significant regression")
+    s.add_argument("a", help="baseline record (JSON)")
+    s.add_argument("b", help="candidate record (JSON)")
+    s.add_argument("--alpha", type=float, default=0.05, help="family-wise level after Holm correction")
+    s.add_argument("--min-effect", type=float, default=0.0, help="ignore drops smaller than this fraction")
+    s.add_argument("--asr", choices=["target_correct", "both_correct", "all"], help="default: the protocol's")
+    s.add_argument("--ranking-cell-only", action="store_true", help="compare the ranking cell only")
+    s.add_argument("--all-cells", action="store_true", help="print every cell, not only the significant ones")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("plots", help="ASR vs eps, ASR vs smoothness/similarity (Pearson r, OLS R^2), heatmap")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--protocol", default="cifar10", help="one protocol (name or name-vN)")
+    s.add_argument("--dir", help="leaderboard directory")
+    s.add_argument("--format", choices=["png", "pdf", "svg"], default="png")
+    s.set_defaults(func=cmd_plots)
+
+    s = sub.add_parser("cite", help="BibTeX for the benchmark, the seed paper and any record")
+    s.add_argument("records", nargs="*", help="record JSON files")
+    s.set_defaults(func=cmd_cite)
+
+    s = sub.add_parser("recipes", help="list surrogate training recipes")
+    s.add_argument("--show", metavar="NAME", help="print one recipe's full configuration")
+    s.set_defaults(func=cmd_recipes)
+
+    s = sub.add_parser("train", help="train a surrogate with a recipe; extra --name value pairs override its config")
+    s.add_argument("recipe", help="recipe name (see `transferbench recipes`)")
+    s.add_argument("--out", required=True, help="submission folder to write")
+    s.add_argument("--data", choices=["cifar10", "digits"], default="cifar10")
+    s.add_argument("--data-dir", help="local CIFAR-10 mirror")
+    s.add_argument("--arch", default="cifar_resnet18")
+    s.add_argument("--arch-kwargs", default="{}", help="JSON object of architecture arguments")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("leaderboard", help="print the ranked local leaderboard")
+    s.add_argument("--protocol", help="only this protocol (name, or name-vN for one version)")
+    s.add_argument("--dir", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
+    s.add_argument("--csv", action="store_true", help="same as --format csv")
+    s.add_argument("--format", choices=["text", "csv", "md", "latex", "html"], default="text")
+    s.add_argument("--table", choices=["ranked", "long", "wide"], default="ranked", help="for csv/md/latex")
+    s.add_argument("--out", help="write to this file (atomically) instead of stdout")
+    s.set_defaults(func=cmd_leaderboard)
+
+    s = sub.add_parser("demo", help="offline smoke run on scikit-learn digits (a few minutes on a CPU)")
+    s.add_argument("--out", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _hub_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--repo", help="Hub dataset repo of the leaderboard (default: $TRANSFERBENCH_HUB_REPO)")
+    s.add_argument("--endpoint", help="Hub endpoint (default: $TRANSFERBENCH_HUB_ENDPOINT or huggingface.co)")
+    s.add_argument("--revision", default="main", help="branch of the leaderboard repo")
+
+
+def _evaluate_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("path", help="submission folder with config.json + model.safetensors, or hf://owner/repo@revision")
     s.add_argument("--protocol", default="cifar10", help="protocol name (see `transferbench protocols`)")
     s.add_argument("--data-dir", help="local data mirror (else TRANSFERBENCH_CIFAR10_DIR, else the Hub)")
@@ -190,26 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=positive_int, help="only the first N images of the list (record marked partial)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing record of this surrogate")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
-    s.set_defaults(func=cmd_evaluate)
-
-    s = sub.add_parser("leaderboard", help="print the ranked local leaderboard")
-    s.add_argument("--protocol", help="only this protocol (name, or name-vN for one version)")
-    s.add_argument("--dir", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
-    s.add_argument("--csv", action="store_true", help="CSV instead of a text table")
-    s.set_defaults(func=cmd_leaderboard)
-
-    s = sub.add_parser("demo", help="offline smoke run on scikit-learn digits (a few minutes on a CPU)")
-    s.add_argument("--out", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
-    s.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.params = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        for noisy in ("httpx", "httpx2", "httpcore"):  # the Hub client logs every request at INFO
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except (ValueError, RuntimeError, FileNotFoundError, FileExistsError, KeyError) as e:

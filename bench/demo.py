@@ -36,13 +36,14 @@ SURROGATES = {
 SURROGATE_ARCH = ("small_cnn", {"width": 32})
 
 
-def _train_split(data: ImageSet, held_out: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def train_split(data: ImageSet, held_out: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of ``data`` outside the protocol's held-out image list."""
     keep = torch.tensor([i not in set(held_out) for i in data.ids.tolist()])
     return data.images()[keep], data.labels[keep]
 
 
 def build_targets(data: ImageSet, held_out: tuple[int, ...], root: Path) -> None:
-    x, y = _train_split(data, held_out)
+    x, y = train_split(data, held_out)
     for name, (arch, kwargs, seed) in SMOKE_TARGETS.items():
         path = root / "demo" / "targets" / f"{name}.safetensors"
         if path.is_file():
@@ -56,7 +57,7 @@ def build_targets(data: ImageSet, held_out: tuple[int, ...], root: Path) -> None
 
 
 def build_surrogates(data: ImageSet, held_out: tuple[int, ...], root: Path) -> dict[str, Path]:
-    x, y = _train_split(data, held_out)
+    x, y = train_split(data, held_out)
     out = {}
     arch, kwargs = SURROGATE_ARCH
     for name, (recipe, cfg) in SURROGATES.items():

@@ -44,7 +44,7 @@ class AttackSpec:
 
     attack: str
     steps: int
-    params: tuple[tuple[str, float | bool], ...] = ()
+    params: tuple[tuple[str, int | float | bool], ...] = ()
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -193,6 +193,49 @@ PROTOCOLS.add(
         smoothness_tol=1e-3,
         similarity_images=200,
         ranking_cell="pgd/linf-32/untargeted",
+    ),
+)
+
+
+# Generation strategies beyond the core three (docs/attacks.md), each with its paper's defaults, on a
+# 1,000-image list: the grid costs about 29x the core one in gradient evaluations per image.
+EXTENDED_ATTACKS = (
+    *core_attacks(resize_rate=1.1),
+    AttackSpec("nifgsm", steps=10, params=(("mu", 1.0),)),
+    AttackSpec("vmifgsm", steps=10, params=(("beta", 1.5), ("mu", 1.0), ("n", 20))),
+    AttackSpec(
+        "tidim", steps=10, params=(("kernel_size", 7), ("mu", 1.0), ("nsig", 3.0), ("p", 0.5), ("resize_rate", 1.1))
+    ),
+    AttackSpec("pgn", steps=10, params=(("delta", 0.5), ("mu", 1.0), ("n", 20), ("zeta_frac", 3.0))),
+    AttackSpec("gnp", steps=10, params=(("beta", 0.8), ("mu", 1.0), ("r", 0.01))),
+    AttackSpec("tpa", steps=10, params=(("b_255", 16.0), ("k", 0.05), ("lam", 5.0), ("mu", 1.0), ("n", 10))),
+)
+
+PROTOCOLS.add(
+    "cifar10-ext",
+    Protocol(
+        name="cifar10-ext",
+        version=1,
+        kind="benchmark",
+        status="provisional",
+        description="cifar10 v1 with the extended attack grid (NI, VMI, TI-DIM, PGN, GNP and the flatness-aware "
+        "TPA of seed 001) on every tenth test image (1,000 images). Provisional like cifar10 v1.",
+        dataset="cifar10",
+        split="test",
+        image_ids=tuple(range(0, 10_000, 10)),
+        num_classes=10,
+        input_size=(3, 32, 32),
+        targets=("akamaster-resnet20", "akamaster-resnet32", "akamaster-resnet44", "akamaster-resnet56"),
+        attacks=EXTENDED_ATTACKS,
+        eps_255=(4, 8, 16),
+        modes=("untargeted", "targeted"),
+        seed=0,
+        precision="fp32",
+        smoothness_images=1000,
+        smoothness_iters=20,
+        smoothness_tol=1e-3,
+        similarity_images=1000,
+        ranking_cell="pgd/linf-8/untargeted",
     ),
 )
 

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench import provenance
-from bench.attacks import run_attack
+from bench.attacks import attack_cost, run_attack
 from bench.checks import check_logits, check_model
 from bench.data import ImageSet, load_cifar10, load_digits_smoke
 from bench.metrics.asr import Rate, pack_bits, transfer_rates
@@ -157,7 +157,10 @@ def _run_result(
     cells: dict[str, Any] = {}
     for key, per_model in success.items():
         s_bits = per_model["surrogate"]
+        cell = next(c for c in protocol.cells() if c.key == key)
+        spec = protocol.attack_spec(cell.attack)
         cells[key] = {
+            "gradient_evals_per_image": attack_cost(cell.attack, spec.steps, spec.kwargs),
             "fooling_rate": Rate(int((s_bits & correct).sum()), int(correct.sum())).to_json(),
             "targets": {
                 n: {d: r.to_json() for d, r in transfer_rates(target_correct[n], per_model[n], correct, s_bits).items()}

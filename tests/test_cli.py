@@ -181,7 +181,7 @@ def test_evaluate_unknown_protocol(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_evaluate_unknown_target_is_rejected_before_loading(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["evaluate", "/nonexistent", "--protocol", "smoke-digits", "--targets", "smoke-mlp", "nope"]) == 2
+    assert main(["evaluate", "/nonexistent", "--protocol", "smoke-digits", "--targets", "smoke-mlp", "nope"]) == 1
     err = capsys.readouterr().err
     assert "nope" in err and "smoke-cnn-a" in err
 
@@ -228,7 +228,9 @@ def test_leaderboard_lists_stored_records(stored_records: list[Record], capsys: 
 
 def test_leaderboard_csv(stored_records: list[Record], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["leaderboard", "--csv"]) == 0
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# ") and "sha256" in lines[0]  # the "cite this table" line
+    rows = list(csv.DictReader(io.StringIO("\n".join(lines[1:]))))
     assert [r["surrogate"] for r in rows] == ["beta", "alpha"]
     assert [r["rank"] for r in rows] == ["1", "2"]
     assert float(rows[0]["score"]) == pytest.approx(75.0)

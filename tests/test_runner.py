@@ -63,6 +63,7 @@ def test_record_is_complete_and_rates_follow_from_the_bits(world) -> None:
     for key, cell in run["cells"].items():
         s_success = unpack_bits(run["outcomes"]["success"][key]["surrogate"], LIMIT)
         assert cell["fooling_rate"]["k"] == int((s_success & s_correct).sum())
+        assert cell["gradient_evals_per_image"] == 10  # the core attacks: one gradient per step
         for t, rates in cell["targets"].items():
             t_correct = unpack_bits(rec.targets[t]["clean_correct"], LIMIT)
             t_success = unpack_bits(run["outcomes"]["success"][key][t], LIMIT)

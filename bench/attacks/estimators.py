@@ -9,9 +9,8 @@ Penalized estimators ascend J(x) - lam * ||grad J(x)||_2 (J: the attack objectiv
 grad J - lam * H grad J / ||grad J||_2 needs a Hessian-vector product H v. They replace it by the finite
 difference (grad J(x + h v) - grad J(x)) / h, which is exact as h -> 0 (tests check this by double backward).
 
-Random neighbours come from ``bench.rng``. ``rng.STREAMS`` has no stream for them yet, so they use the
-``random_start`` stream with image ids offset by 2**28 (the random start itself uses the un-offset ids at step
-0): the draws are independent of every other random choice and keyed by (seed, image id, step, neighbour).
+Random neighbours come from ``bench.rng``'s ``neighbours`` stream: the draws are independent of every other
+random choice and keyed by (seed, image id, step, neighbour).
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ import torch
 from bench import rng
 from bench.attacks.parts import GradFn, StepContext, per_image
 
-NEIGHBOUR_STREAM = "random_start"
-NEIGHBOUR_ID_OFFSET = 1 << 28  # image lists are far shorter than 2**28
+NEIGHBOUR_STREAM = "neighbours"
+NEIGHBOUR_ID_OFFSET = 0  # a stream of its own: no id offset needed
 MAX_NEIGHBOURS = 1 << 12  # neighbour j of step t is keyed t * MAX_NEIGHBOURS + j
 
 

@@ -1,0 +1,86 @@
+"""The CLI commands over the leaderboard, Hub and recipes: thin, but their exit codes are a contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hub_server import running_hub
+from test_hub import REPO, TOKEN
+from test_leaderboard import make_record
+
+from bench.cli import main
+from leaderboard.store import LocalStore
+from surrogates import load_surrogate
+
+
+def _stored(tmp_path: Path, *records) -> list[Path]:  # type: ignore[no-untyped-def]
+    store = LocalStore(tmp_path / "board")
+    return [store.add(r) for r in records]
+
+
+def test_compare_exit_codes(tmp_path: Path) -> None:
+    a, _ = _stored(tmp_path, make_record("sur-a", score=0.5), make_record("sur-b", score=0.5))
+    assert main(["compare", str(a), str(a)]) == 0  # a record never regresses against itself
+    other = LocalStore(tmp_path / "other").add(make_record("sur-c", data_sha256="e" * 64))
+    assert main(["compare", str(a), str(other)]) == 2  # different data: not paired, not comparable
+    assert main(["compare", str(a), str(tmp_path / "missing.json")]) == 2
+
+
+def test_leaderboard_exports_to_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _stored(tmp_path, make_record("sur-a", score=0.25), make_record("sur-b", score=0.75))
+    board = str(tmp_path / "board")
+    for fmt, marker in (("csv", "sha256"), ("md", "| rank |"), ("latex", "\\toprule"), ("html", "<table")):
+        out = tmp_path / f"board.{fmt}"
+        assert main(["leaderboard", "--dir", board, "--format", fmt, "--out", str(out)]) == 0
+        text = out.read_text()
+        assert marker in text and "sur-b" in text
+    assert main(["leaderboard", "--dir", board, "--format", "csv", "--table", "long"]) == 0
+    assert "target_correct" in capsys.readouterr().out
+
+
+def test_cite_prints_bibtex_for_a_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (path,) = _stored(tmp_path, make_record("sur-a"))
+    assert main(["cite", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("@") >= 3 and "sur-a" in out and "Little Robustness" in out
+
+
+def test_publish_and_pull_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    (path,) = _stored(tmp_path, make_record("sur-a"))
+    with running_hub() as hub:
+        hub_args = ["--repo", REPO, "--endpoint", hub.endpoint]
+        assert main(["publish", str(path), *hub_args]) == 0
+        assert main(["publish", str(path), *hub_args]) == 0  # already published: skipped, not an error
+        assert main(["publish", *hub_args]) == 1  # neither files nor --all
+        fresh = tmp_path / "fresh"
+        assert main(["pull", "--dir", str(fresh), *hub_args]) == 0
+    pulled = list(fresh.rglob("*.json"))
+    assert len(pulled) == 1 and pulled[0].read_bytes() == path.read_bytes()
+
+
+def test_publish_without_a_hub_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (path,) = _stored(tmp_path, make_record("sur-a"))
+    assert main(["publish", str(path)]) == 1
+    assert "TRANSFERBENCH_HUB_REPO" in capsys.readouterr().err
+
+
+def test_train_a_recipe_on_digits(tmp_path: Path) -> None:
+    out = tmp_path / "ir"
+    args = ["train", "ir", "--data", "digits", "--arch", "small_cnn", "--arch-kwargs", json.dumps({"width": 4}),
+            "--out", str(out), "--device", "cpu", "--epochs", "1", "--warmup-epochs", "0", "--crop-padding", "0",
+            "--hflip", "false"]  # fmt: skip
+    assert main(args) == 0
+    sur = load_surrogate(out)
+    assert sur.config.metadata["recipe"] == "ir" and sur.config.input_size == (1, 8, 8)
+    assert main(["train", "ir", "--out", str(tmp_path / "x"), "--data", "digits", "--no-such-field", "1"]) == 1
+
+
+def test_unknown_options_are_refused_outside_train() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["protocols", "--bogus"])
+    assert e.value.code == 2
