@@ -9,6 +9,7 @@ new version. Budgets are stored as integers over 255 (``eps_255``) so the JSON h
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -213,29 +214,13 @@ EXTENDED_ATTACKS = (
 
 PROTOCOLS.add(
     "cifar10-ext",
-    Protocol(
+    dataclasses.replace(
+        PROTOCOLS.get("cifar10"),
         name="cifar10-ext",
-        version=1,
-        kind="benchmark",
-        status="provisional",
         description="cifar10 v1 with the extended attack grid (NI, VMI, TI-DIM, PGN, GNP and the flatness-aware "
         "TPA of seed 001) on every tenth test image (1,000 images). Provisional like cifar10 v1.",
-        dataset="cifar10",
-        split="test",
         image_ids=tuple(range(0, 10_000, 10)),
-        num_classes=10,
-        input_size=(3, 32, 32),
-        targets=("akamaster-resnet20", "akamaster-resnet32", "akamaster-resnet44", "akamaster-resnet56"),
         attacks=EXTENDED_ATTACKS,
-        eps_255=(4, 8, 16),
-        modes=("untargeted", "targeted"),
-        seed=0,
-        precision="fp32",
-        smoothness_images=1000,
-        smoothness_iters=20,
-        smoothness_tol=1e-3,
-        similarity_images=1000,
-        ranking_cell="pgd/linf-8/untargeted",
     ),
 )
 

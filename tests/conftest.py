@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     for var in ("TRANSFERBENCH_WEIGHTS_DIR", "TRANSFERBENCH_CIFAR10_DIR", "TRANSFERBENCH_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     return home
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for files of many tiny models: thread start-up dominates their convolutions."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and the He et al. CIFAR ResNets reproduce the external akamaster checkpoints (sl
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,9 @@ def _n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads competing with other processes
-    made a ResNet-110 forward pass 200x slower (18 s instead of 0.08 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# On a shared 2-core machine, two OpenMP threads competing with other processes made a ResNet-110 forward
+# pass 200x slower (18 s instead of 0.08 s).
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,7 @@ from surrogates import submission as submission_mod
 DIGITS = {"architecture": "small_cnn", "num_classes": 10, "mean": (0.5,), "std": (0.5,), "input_size": (1, 8, 8)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: two OpenMP threads on a busy 2-core machine slow small convolutions down badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _save_digits(out: Path, seed: int = 0, **kwargs: Any) -> Path:

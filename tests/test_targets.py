@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,7 @@ BASE = TARGETS.get("akamaster-resnet20")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: two OpenMP threads on a busy 2-core machine slow small convolutions down badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _sha256(path: Path) -> str:
