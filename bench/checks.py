@@ -14,6 +14,22 @@ class ModelCheckError(ValueError):
     """A model's outputs cannot be trusted; the message names the model and the likely fix."""
 
 
+def check_eval_mode(model: nn.Module) -> None:
+    """Raise ValueError if ``model`` or any of its submodules is in training mode.
+
+    The metrics here are per-image quantities. In training mode BatchNorm normalises with the statistics of the
+    batch, which couples the images of a batch (the input Hessian gains cross-image blocks), and dropout makes
+    the loss random. Submodules are checked too: a BatchNorm left in train mode inside an eval model does the same.
+    """
+    for name, module in model.named_modules():
+        if module.training:
+            where = f"submodule {name!r} ({type(module).__name__}) of " if name else ""
+            raise ValueError(
+                f"{where}model {type(model).__name__} is in training mode; per-image gradient metrics need "
+                "eval mode (BatchNorm in train mode couples the images of a batch): call model.eval() first"
+            )
+
+
 def check_logits(name: str, logits: torch.Tensor, num_classes: int) -> None:
     if logits.dim() != 2 or logits.shape[1] != num_classes:
         raise ModelCheckError(
@@ -30,8 +46,10 @@ def check_logits(name: str, logits: torch.Tensor, num_classes: int) -> None:
 
 def check_model(name: str, model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
     """Eval mode, deterministic, sane logits on a sample batch."""
-    if model.training:
-        raise ModelCheckError(f"{name} is in training mode; call .eval() (BatchNorm/dropout change its outputs).")
+    try:
+        check_eval_mode(model)
+    except ValueError as e:
+        raise ModelCheckError(f"{name}: {e}") from None
     with torch.no_grad():
         a, b = model(x), model(x)
     check_logits(name, a, num_classes)

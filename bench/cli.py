@@ -73,7 +73,7 @@ def cmd_targets_fetch(args: argparse.Namespace) -> int:
 
 def cmd_targets_verify(args: argparse.Namespace) -> int:
     """sha256 of every weights file, then clean accuracy on the protocol's full image list vs the pinned value."""
-    from bench.runner import load_protocol_data, select_images
+    from bench.runner import load_protocol_data, predictions, select_images
     from targets import TARGETS, load_target
 
     protocol = get_protocol(args.protocol)
@@ -85,8 +85,7 @@ def cmd_targets_verify(args: argparse.Namespace) -> int:
     for name in args.names or protocol.targets:
         device = _device(args.device)
         target = load_target(name, weights_dir=args.weights_dir, device=device)
-        with torch.no_grad():
-            preds = torch.cat([target.model(x[i : i + 500].to(device)).argmax(1).cpu() for i in range(0, len(y), 500)])
+        preds = predictions(name, target.model, x, torch.device(device), protocol.num_classes, 500)
         acc = float((preds == y).float().mean())
         expected = dict(TARGETS.get(name).expected_accuracy).get(data_sha)
         ok = expected is None or abs(acc - expected) <= TARGET_TOLERANCE

@@ -90,10 +90,13 @@ class _Batches:
 
 
 @torch.no_grad()
-def predictions(name: str, model: nn.Module, b: _Batches, device: torch.device, num_classes: int) -> torch.Tensor:
+def predictions(
+    name: str, model: nn.Module, x: torch.Tensor, device: torch.device, num_classes: int, batch_size: int
+) -> torch.Tensor:
+    """Predicted classes (N,) on CPU for images x (N, C, H, W) in [0, 1], checking every batch of logits."""
     out = []
-    for sl in b:
-        logits = model(b.x[sl].to(device))
+    for s in range(0, len(x), batch_size):
+        logits = model(x[s : s + batch_size].to(device))
         check_logits(name, logits, num_classes)
         out.append(logits.argmax(1).cpu())
     return torch.cat(out)
@@ -152,12 +155,12 @@ def _run_result(
     bar: tqdm,
 ) -> dict[str, Any]:
     check_model(name, model, b.x[: min(8, len(b.y))].to(device), protocol.num_classes)
-    correct = (predictions(name, model, b, device, protocol.num_classes) == b.y).numpy()
+    correct = (predictions(name, model, b.x, device, protocol.num_classes, b.batch_size) == b.y).numpy()
     success = _craft_and_score(model, protocol, b, targets, device, bar)
     cells: dict[str, Any] = {}
-    for key, per_model in success.items():
+    for cell in protocol.cells():
+        key, per_model = cell.key, success[cell.key]
         s_bits = per_model["surrogate"]
-        cell = next(c for c in protocol.cells() if c.key == key)
         spec = protocol.attack_spec(cell.attack)
         cells[key] = {
             "gradient_evals_per_image": attack_cost(cell.attack, spec.steps, spec.kwargs),
@@ -253,7 +256,7 @@ def evaluate(
     target_info = {}
     for n, tg in targets.items():
         check_model(n, tg.model, b.x[: min(8, len(b.y))].to(device), protocol.num_classes)
-        target_correct[n] = (predictions(n, tg.model, b, device, protocol.num_classes) == b.y).numpy()
+        target_correct[n] = (predictions(n, tg.model, b.x, device, protocol.num_classes, b.batch_size) == b.y).numpy()
         if limit is None and n in TARGETS:  # the zoo pins accuracy on full image lists only
             check_expected_accuracy(n, images.content_sha256(), float(target_correct[n].mean()))
         target_info[n] = {

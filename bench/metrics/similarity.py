@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.checks import check_eval_mode
+
 
 @dataclass(frozen=True)
 class SimilarityResult:
@@ -47,22 +49,6 @@ class SimilarityResult:
         """Smallest cosine over the finite values (NaN if there are none): the worst-aligned image."""
         finite = self.cosines[torch.isfinite(self.cosines)]
         return float(finite.min()) if finite.numel() else math.nan
-
-
-def check_eval_mode(model: nn.Module) -> None:
-    """Raise ValueError if ``model`` or any of its submodules is in training mode.
-
-    The metrics here are per-image quantities. In training mode BatchNorm normalises with the statistics of the
-    batch, which couples the images of a batch (the input Hessian gains cross-image blocks), and dropout makes
-    the loss random. Submodules are checked too: a BatchNorm left in train mode inside an eval model does the same.
-    """
-    for name, module in model.named_modules():
-        if module.training:
-            where = f"submodule {name!r} ({type(module).__name__}) of " if name else ""
-            raise ValueError(
-                f"{where}model {type(model).__name__} is in training mode; per-image gradient metrics need "
-                "eval mode (BatchNorm in train mode couples the images of a batch): call model.eval() first"
-            )
 
 
 def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
