@@ -70,6 +70,35 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class LabelSpace:
+    """The protocol's K classes as indices into a larger label space that some models predict in.
+
+    A model with ``len(parent)`` outputs (an ImageNet classifier on ImageNette, say) is read on the K columns
+    ``indices`` only: its prediction is the argmax over those logits (``rule``), and the attack loss uses the
+    same K logits. A model with K outputs is used as it is.
+    """
+
+    parent: str  # e.g. "imagenet-1k"
+    parent_classes: int  # e.g. 1000
+    indices: tuple[int, ...]  # protocol class k is parent class indices[k]
+    rule: str = "argmax over the K listed logits of the parent classifier (restricted argmax)"
+
+
+@dataclass(frozen=True)
+class WeightSharpnessSpec:
+    """Weight-space sharpness of the surrogate (seed 004): power iteration and Hutchinson on a fixed batch."""
+
+    images: int  # class-balanced prefix of the image list (same rule as smoothness)
+    max_iters: int
+    tol: float
+    probes: int
+    seed: int = 0
+
+
+OPTIONAL_FIELDS = ("image_preparation", "label_space", "weight_sharpness")
+
+
+@dataclass(frozen=True)
 class Protocol:
     name: str
     version: int
@@ -95,6 +124,11 @@ class Protocol:
     ranking_asr: str = "target_correct"
     target_label_rule: str = "t = (y + 1 + u mod (K - 1)) mod K, u = rng.randint(seed, 'target_label', image id)"
     metric_definitions: dict[str, str] = field(default_factory=lambda: dict(METRIC_DEFINITIONS))
+    # Fields added after the first protocols. They are left out of the canonical JSON while they hold their
+    # "absent" value (None), so protocols defined before them keep their hashes.
+    image_preparation: str | None = None  # how stored images became input_size (resize / crop rule)
+    label_space: LabelSpace | None = None  # e.g. ImageNette's 10 classes inside ImageNet's 1,000
+    weight_sharpness: WeightSharpnessSpec | None = None  # surrogate diagnostic of seed 004, in every run
 
     def __post_init__(self) -> None:
         keys = {c.key for c in self.cells()}
@@ -114,7 +148,11 @@ class Protocol:
         return next(a for a in self.attacks if a.attack == attack)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for name in OPTIONAL_FIELDS:
+            if d[name] is None:
+                del d[name]
+        return d
 
     @property
     def sha256(self) -> str:

@@ -49,6 +49,20 @@ class UrlWeights:
 
 
 @dataclass(frozen=True)
+class HubWeights:
+    """A file of a Hugging Face Hub model repo (timm weights are ``model.safetensors``).
+
+    ``revision`` is a commit sha and ``sha256`` the file's hash; either may be None while not yet measured
+    (entries with a None stay out of frozen protocols).
+    """
+
+    repo_id: str
+    filename: str = "model.safetensors"
+    revision: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class LocalWeights:
     """A safetensors file under TRANSFERBENCH_HOME produced by a project recipe (smoke zoo)."""
 
@@ -63,7 +77,7 @@ class TargetSpec:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    source: UrlWeights | LocalWeights
+    source: UrlWeights | HubWeights | LocalWeights
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     # Expected clean accuracy per data content hash (ImageSet.content_sha256 of the protocol's full image
     # list): a loaded target that misses it by more than ACCURACY_TOLERANCE is refused as the wrong model.
