@@ -211,11 +211,12 @@ PROTOCOLS.add(
     "smoke-digits",
     Protocol(
         name="smoke-digits",
-        version=1,
+        version=2,
         kind="smoke",
         status="frozen",
         description="Offline smoke protocol on scikit-learn's 8x8 digits (every third image held out, 599 images). "
-        "Exercises the whole pipeline on a CPU in minutes; its numbers are never benchmark results.",
+        "Exercises the whole pipeline on a CPU in minutes; its numbers are never benchmark results. "
+        "v2 adds the surrogate's weight-space sharpness (seed 004).",
         dataset="digits",
         split="all",
         image_ids=tuple(range(0, 1797, 3)),
@@ -232,6 +233,7 @@ PROTOCOLS.add(
         smoothness_tol=1e-3,
         similarity_images=200,
         ranking_cell="pgd/linf-32/untargeted",
+        weight_sharpness=WeightSharpnessSpec(images=200, max_iters=20, tol=1e-3, probes=10),
     ),
 )
 

@@ -6,6 +6,7 @@ are kept as bits so every ASR definition (and later paired comparisons) can be r
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -22,8 +23,10 @@ from bench.attacks import attack_cost, run_attack
 from bench.checks import check_logits, check_model
 from bench.data import ImageSet, load_cifar10, load_digits_smoke
 from bench.metrics.asr import Rate, pack_bits, transfer_rates
+from bench.metrics.sharpness import hessian_top_eigenvalue, hessian_trace
 from bench.metrics.similarity import gradient_similarity_many
 from bench.metrics.smoothness import smoothness
+from bench.models.adapters import RestrictLogits
 from bench.protocol import Cell, Protocol
 from leaderboard.record import Record
 from surrogates.submission import Surrogate
@@ -64,6 +67,48 @@ def select_images(protocol: Protocol, data: ImageSet, limit: int | None) -> Imag
             f"{data.source} images are {tuple(subset.pixels.shape[1:])}, {protocol.id} expects {protocol.input_size}."
         )
     return subset
+
+
+def adapt_to_protocol(name: str, model: nn.Module, num_classes: int, protocol: Protocol) -> nn.Module:
+    """The model as the protocol reads it: as it is with K outputs, restricted to the label space with more.
+
+    A protocol with a ``label_space`` (ImageNette inside ImageNet-1k) reads a parent-space classifier on its K
+    columns only (``RestrictLogits``); any other class count is an error that names the model.
+    """
+    if num_classes == protocol.num_classes:
+        return model
+    space = protocol.label_space
+    if space is not None and num_classes == space.parent_classes:
+        return RestrictLogits(model, space.indices)
+    accepted = f"{protocol.num_classes}" + (f" or {space.parent_classes} ({space.parent})" if space else "")
+    raise EvaluationError(
+        f"{name} has {num_classes} classes; {protocol.id} accepts {accepted}. Fix num_classes in its config.json "
+        "or pick another protocol."
+    )
+
+
+def weight_sharpness(
+    model: nn.Module, protocol: Protocol, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int
+) -> dict[str, Any] | None:
+    """Seed 004's surrogate diagnostic on the protocol's fixed class-balanced batch (None if not in the protocol)."""
+    spec = protocol.weight_sharpness
+    if spec is None:
+        return None
+    sub = balanced_subset(y, spec.images, protocol.num_classes)
+    xs, ys = x[sub].to(device), y[sub].to(device)
+    eig = hessian_top_eigenvalue(
+        model, xs, ys, max_iters=spec.max_iters, tol=spec.tol, seed=spec.seed, batch_size=batch_size
+    )
+    tr = hessian_trace(model, xs, ys, probes=spec.probes, seed=spec.seed, batch_size=batch_size)
+    return {
+        "top_eigenvalue": eig.value,
+        "iterations": eig.count,
+        "converged": eig.converged,
+        "trace": tr.value,
+        "trace_stderr": _finite(tr.stderr),
+        "probes": tr.count,
+        "n": len(sub),
+    }
 
 
 def balanced_subset(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
@@ -190,10 +235,12 @@ def _run_result(
         batch_size=b.batch_size,
         device=device,
     )
+    ws = weight_sharpness(model, protocol, b.x, b.y, device, b.batch_size)
     return {
         "name": name,
         "sha256": sha,
         "clean_accuracy": float(correct.mean()),
+        **({"weight_sharpness": ws} if ws is not None else {}),
         "smoothness": {
             "mean": sm.mean,
             "max": sm.max,
@@ -212,6 +259,15 @@ def _run_result(
 
 def _finite(v: float) -> float | None:
     return v if np.isfinite(v) else None
+
+
+def _classes_of(name: str, target: LoadedTarget, protocol: Protocol) -> int:
+    """Output count of a target: its zoo entry's, else the model's ``num_classes``, else the protocol's K
+    (the logits check on the first batch then catches a model that gives another count)."""
+    if name in TARGETS:
+        return TARGETS.get(name).num_classes
+    n = getattr(target.model, "num_classes", None)
+    return n if isinstance(n, int) else protocol.num_classes
 
 
 def score_of(run: dict[str, Any], protocol: Protocol) -> float:
@@ -239,11 +295,15 @@ def evaluate(
     """Run the protocol's whole grid on every run of the surrogate; nothing is written here."""
     device = torch.device(device)
     start = time.perf_counter()
-    if surrogate.num_classes != protocol.num_classes:
-        raise EvaluationError(
-            f"surrogate {surrogate.name} has {surrogate.num_classes} classes; {protocol.id} has "
-            f"{protocol.num_classes}. Fix num_classes in its config.json or pick another protocol."
+    members = [
+        adapt_to_protocol(f"surrogate {surrogate.name}", m, surrogate.num_classes, protocol) for m in surrogate.runs
+    ]
+    targets = {
+        n: dataclasses.replace(
+            tg, model=adapt_to_protocol(f"target {n}", tg.model, _classes_of(n, tg, protocol), protocol)
         )
+        for n, tg in targets.items()
+    }
     missing = [n for n in protocol.targets if n not in targets]
     if missing:
         raise EvaluationError(f"{protocol.id} needs targets {missing}; load them with targets.load_targets().")
@@ -269,7 +329,7 @@ def evaluate(
     total = len(surrogate.runs) * len(b) * len(protocol.cells())
     runs = []
     with tqdm(total=total, desc=f"{surrogate.name} @ {protocol.id}", disable=not progress, unit="batch") as bar:
-        for name, model in zip(surrogate.run_names, surrogate.runs, strict=True):
+        for name, model in zip(surrogate.run_names, members, strict=True):
             sha = surrogate.member_sha256.get(name, surrogate.sha256)
             runs.append(_run_result(name, sha, model, protocol, b, targets, target_correct, device, bar))
     scores = [score_of(r, protocol) for r in runs]

@@ -17,7 +17,7 @@ def ranked_table(records: Iterable[Record]) -> pd.DataFrame:
     Rank by ``score`` (the protocol's ranking rule: mean over targets of the ranking ASR in the ranking
     cell). Records are grouped by protocol name, version and hash (``protocol_key``), so a run under a
     modified protocol never ranks beside canonical ones. Rows from partial runs (--limit) rank after
-    full ones, and ``data`` shows the image-content hash so that runs on different copies of a data set
+    full ones; ``weight_eig`` is the top weight-Hessian eigenvalue where the protocol measures it. ``data`` shows the image-content hash so that runs on different copies of a data set
     (canonical CIFAR-10 vs the JPEG copy) are visible as such.
     """
     rows = []
@@ -37,6 +37,7 @@ def ranked_table(records: Iterable[Record]) -> pd.DataFrame:
             "clean_acc": 100 * sum(x["clean_accuracy"] for x in r.runs) / len(r.runs),
             "smoothness": run0.get("smoothness", {}).get("mean"),
             "similarity": sum(sims) / len(sims) if sims else math.nan,
+            "weight_eig": run0.get("weight_sharpness", {}).get("top_eigenvalue", math.nan),
             "partial": bool(r.data.get("partial", False)),
             "data": r.data["sha256"][:10],
             "sha256": r.submission["sha256"][:12],
@@ -58,7 +59,7 @@ def format_table(df: pd.DataFrame) -> str:
         label = " [SMOKE: not benchmark results]" if (sub["kind"] == "smoke").any() else ""
         shown = sub.drop(columns=["protocol", "kind"]).copy()
         for col in shown.columns:
-            if col in ("score", "score_std", "clean_acc", "smoothness", "similarity"):
+            if col in ("score", "score_std", "clean_acc", "smoothness", "similarity", "weight_eig"):
                 shown[col] = [f"{v:.2f}" if v is not None and not pd.isna(v) else "" for v in shown[col]]
         blocks.append(
             f"== {proto}{label} (score = mean transfer ASR %, ranking cell of the protocol) ==\n"

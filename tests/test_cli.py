@@ -44,7 +44,7 @@ def test_protocols_show_prints_json(name: str, capsys: pytest.CaptureFixture[str
     assert main(["protocols", "--show", name]) == 0
     d = json.loads(capsys.readouterr().out)
     proto = get_protocol(name)
-    assert d["version"] == 1 and type(d["version"]) is int
+    assert d["version"] == proto.version and type(d["version"]) is int
     assert d["name"] == proto.name
     assert d["ranking_cell"] == proto.ranking_cell
     assert d == json.loads(json.dumps(proto.to_json()))
@@ -202,7 +202,7 @@ def stored_records(isolated_home: Path) -> list[Record]:
         "schema": "transferbench.record",
         "schema_version": 1,
         "submission": {"name": "x", "kind": "single", "sha256": "0" * 64, "metadata": {"recipe": "ST"}},
-        "protocol": {"name": "smoke-digits", "version": 1, "sha256": get_protocol("smoke-digits").sha256,
+        "protocol": {"name": "smoke-digits", "version": get_protocol("smoke-digits").version, "sha256": get_protocol("smoke-digits").sha256,
                      "kind": "smoke"},
         "data": {"sha256": "d" * 64, "partial": False},
         "targets": {},
@@ -221,7 +221,7 @@ def stored_records(isolated_home: Path) -> list[Record]:
 def test_leaderboard_lists_stored_records(stored_records: list[Record], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["leaderboard"]) == 0
     out = capsys.readouterr().out
-    assert "smoke-digits-v1" in out and "SMOKE" in out
+    assert "smoke-digits-v2" in out and "SMOKE" in out
     assert out.index("beta") < out.index("alpha")  # higher score first
     assert "75.00" in out and "25.00" in out
 
@@ -250,14 +250,14 @@ def test_leaderboard_protocol_filter_and_dir(
 def test_leaderboard_protocol_filter_accepts_versioned_id(
     stored_records: list[Record], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["leaderboard", "--protocol", "smoke-digits-v1"]) == 0
+    assert main(["leaderboard", "--protocol", "smoke-digits-v2"]) == 0
     assert "alpha" in capsys.readouterr().out
 
 
 def test_leaderboard_corrupt_record_is_an_error(
     stored_records: list[Record], capsys: pytest.CaptureFixture[str], isolated_home: Path
 ) -> None:
-    bad = isolated_home / "leaderboard" / "smoke-digits-v1" / "broken.json"
+    bad = isolated_home / "leaderboard" / "smoke-digits-v2" / "broken.json"
     bad.write_text("{not json")
     assert main(["leaderboard"]) == 1
     assert "broken.json" in capsys.readouterr().err
@@ -267,7 +267,7 @@ def test_leaderboard_corrupt_record_is_an_error(
 
 
 def _demo_records(home: Path) -> dict[str, Record]:
-    folder = home / "leaderboard" / "smoke-digits-v1"
+    folder = home / "leaderboard" / "smoke-digits-v2"
     files = sorted(folder.glob("*.json"))
     assert len(files) == 2, files
     recs = {}
@@ -289,7 +289,7 @@ def test_demo_end_to_end(
     out = capsys.readouterr().out
     assert "smoke-st" in out and "smoke-ir" in out
     assert "SMOKE" in out
-    assert "smoke-digits-v1" in out
+    assert "smoke-digits-v2" in out
     assert str(isolated_home / "leaderboard") in out
 
     recs = _demo_records(isolated_home)

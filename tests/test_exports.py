@@ -73,7 +73,7 @@ def test_long_table_has_every_cell_and_the_records_numbers() -> None:
     assert (row["k"], row["n"]) == (src["k"], src["n"])
     assert row["rate"] == pytest.approx(src["rate"]) and row["lo"] == pytest.approx(src["lo"])
     assert (row["attack"], row["eps_255"], row["mode"]) == ("pgd", 32, "untargeted")
-    assert row["protocol"] == "smoke-digits-v1" and row["protocol_sha256"] == SMOKE.sha256 and bool(row["summary"])
+    assert row["protocol"] == "smoke-digits-v2" and row["protocol_sha256"] == SMOKE.sha256 and bool(row["summary"])
     assert row["recipe"] == "ST" and row["surrogate_sha256"] == recs[0].submission["sha256"]
     pooled = df[(df["surrogate"] == "beta_&_co") & (df["run"] == "pooled") & (df["cell"] == SMOKE.ranking_cell)
                 & (df["target"] == "smoke-mlp") & (df["asr"] == "target_correct")].iloc[0]  # fmt: skip
@@ -90,14 +90,14 @@ def test_wide_table_pivots_surrogate_by_target_per_budget() -> None:
     assert list(wide.index.get_level_values("surrogate")) == ["beta_&_co", "gamma", "alpha"]  # leaderboard order
     assert list(dict.fromkeys(wide.columns.get_level_values(0))) == [f"eps {e}/255" for e in SMOKE.eps_255]
     alpha = recs[0].runs[0]["cells"]["pgd/linf-16/untargeted"]["targets"]
-    got = wide.loc[("smoke-digits-v1", "alpha")]
+    got = wide.loc[("smoke-digits-v2", "alpha")]
     for t in SMOKE.targets:
         assert got[("eps 16/255", t)] == pytest.approx(100 * alpha[t]["target_correct"]["rate"])
     assert got[("eps 16/255", "mean")] == pytest.approx(100 * np.mean([alpha[t]["target_correct"]["rate"]
                                                                        for t in SMOKE.targets]))  # fmt: skip
     targeted = wide_table(recs, asr="all", mode="targeted", attack="dim")
     dim = recs[0].runs[0]["cells"]["dim/linf-64/targeted"]["targets"]["smoke-cnn-a"]["all"]["rate"]
-    assert targeted.loc[("smoke-digits-v1", "alpha"), ("eps 64/255", "smoke-cnn-a")] == pytest.approx(100 * dim)
+    assert targeted.loc[("smoke-digits-v2", "alpha"), ("eps 64/255", "smoke-cnn-a")] == pytest.approx(100 * dim)
     with pytest.raises(ExportError, match="unknown ASR"):
         wide_table(recs, asr="nope")
     with pytest.raises(ExportError, match="attack 'fgsm'"):
@@ -119,7 +119,7 @@ def test_csv_starts_with_the_protocol_hash_and_parses_back() -> None:
     text = to_csv(df)
     first = text.splitlines()[0]
     assert first.startswith("# TransferBench " + bench.__version__)
-    assert f"protocol smoke-digits-v1 [SMOKE: not benchmark results] sha256 {SMOKE.sha256}" in first
+    assert f"protocol smoke-digits-v2 [SMOKE: not benchmark results] sha256 {SMOKE.sha256}" in first
     assert f"protocol cifar10-v1 sha256 {CIFAR.sha256}" in first
     assert recs[0].data["sha256"] in first
     back = pd.read_csv(io.StringIO(text), skiprows=1)
@@ -244,7 +244,7 @@ def test_heatmap_is_surrogates_by_targets_at_the_ranking_cell() -> None:
 def test_analysis_table_correlations_and_r2() -> None:
     recs = _varied(7)
     row = analysis_table(recs).iloc[0]
-    assert row["protocol"] == "smoke-digits-v1" and row["n_records"] == 7
+    assert row["protocol"] == "smoke-digits-v2" and row["n_records"] == 7
     score = np.array([100 * r.score["mean"] for r in recs])
     smooth = np.array([r.runs[0]["smoothness"]["mean"] for r in recs])
     sim = np.array([np.mean([s["mean"] for s in r.runs[0]["similarity"].values()]) for r in recs])
@@ -271,7 +271,7 @@ def test_analysis_table_needs_enough_records() -> None:
     constant = analysis_table([make_record(f"c{i}", score=0.1 * (i + 1)) for i in range(3)]).iloc[0]
     assert math.isnan(constant["r_similarity"]) and "constant" in constant["note"]
     both = analysis_table(_records())
-    assert list(both["protocol"]) == ["cifar10-v1", "smoke-digits-v1"]
+    assert list(both["protocol"]) == ["cifar10-v1", "smoke-digits-v2"]
 
 
 def test_write_plots_writes_every_figure_per_protocol(tmp_path: Path) -> None:
@@ -303,7 +303,7 @@ def test_entry_bibtex_carries_protocol_hash_score_and_data_hash() -> None:
     entry = entry_bibtex(rec)
     assert entry.startswith("@misc{tb-weird-name-") and _balanced(entry)
     assert SMOKE.sha256 in entry and rec.data["sha256"] in entry and rec.submission["sha256"] in entry
-    assert "smoke-digits-v1" in entry and "43.21" in entry and "Recipe: ST" in entry
+    assert "smoke-digits-v2" in entry and "43.21" in entry and "Recipe: ST" in entry
     assert "url          = {https://huggingface.co/someone/surrogate/tree/v2}" in entry
     assert r"weird \textbraceleft{}name\textbraceright{}\_\&\%" in entry and "not a benchmark result" in entry
     assert bib_escape("a\\b") == r"a\textbackslash{}b"

@@ -289,9 +289,9 @@ def test_add_writes_protocol_version_folder(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     rec = make_record("sur-a")
     path = store.add(rec)
-    assert path == tmp_path / "smoke-digits-v1" / f"{rec.submission_id}.json"
+    assert path == tmp_path / "smoke-digits-v2" / f"{rec.submission_id}.json"
     assert path.is_file()
-    assert _files(tmp_path) == [f"smoke-digits-v1/{rec.submission_id}.json"]
+    assert _files(tmp_path) == [f"smoke-digits-v2/{rec.submission_id}.json"]
     assert path.read_text() == rec.dumps()
     assert LocalStore.read(path) == rec
 
@@ -346,7 +346,7 @@ def test_records_of_missing_root_is_empty(tmp_path: Path) -> None:
 def test_corrupt_file_raises_naming_the_file(tmp_path: Path, content: str) -> None:
     store = LocalStore(tmp_path)
     store.add(make_record("sur-a"))
-    bad = tmp_path / "smoke-digits-v1" / "zzz-broken.json"
+    bad = tmp_path / "smoke-digits-v2" / "zzz-broken.json"
     bad.write_text(content)
     with pytest.raises(RecordError, match=r"zzz-broken\.json"):
         list(store.records())
@@ -355,7 +355,7 @@ def test_corrupt_file_raises_naming_the_file(tmp_path: Path, content: str) -> No
 
 
 def test_binary_garbage_file_raises_record_error_naming_the_file(tmp_path: Path) -> None:
-    bad = tmp_path / "smoke-digits-v1" / "garbage.json"
+    bad = tmp_path / "smoke-digits-v2" / "garbage.json"
     bad.parent.mkdir()
     bad.write_bytes(b"\xff\xfe\x00\x81garbage")
     with pytest.raises(RecordError, match=r"garbage\.json"):
@@ -465,7 +465,7 @@ def test_ranked_table_sorted_by_score_with_rank_per_protocol() -> None:
     ]
     df = ranked_table(recs)
     assert list(df.columns[:3]) == ["rank", "protocol", "kind"]
-    smoke = df[df["protocol"] == "smoke-digits-v1"]
+    smoke = df[df["protocol"] == "smoke-digits-v2"]
     cifar = df[df["protocol"] == "cifar10-v1"]
     assert list(smoke["surrogate"]) == ["s-high", "s-mid", "s-low"]
     assert list(smoke["rank"]) == [1, 2, 3]
@@ -517,7 +517,7 @@ def test_format_table_labels_smoke_protocols_only() -> None:
     blocks = text.split("\n\n")
     assert len(blocks) == 2
     cifar_block = next(b for b in blocks if "cifar10-v1" in b)
-    smoke_block = next(b for b in blocks if "smoke-digits-v1" in b)
+    smoke_block = next(b for b in blocks if "smoke-digits-v2" in b)
     assert "SMOKE" in smoke_block.splitlines()[0]
     assert "SMOKE" not in cifar_block
     assert "s-a" in smoke_block and "c-a" in cifar_block

@@ -51,7 +51,7 @@ def test_page_content_provenance_and_labels() -> None:
     page = render_page(recs)
     assert page.startswith("<!DOCTYPE html>") and "http://" not in page and "<link" not in page
     assert "https://" in page  # only the model card link
-    assert page.index('data-protocol="cifar10-v1"') < page.index('data-protocol="smoke-digits-v1"')
+    assert page.index('data-protocol="cifar10-v1"') < page.index('data-protocol="smoke-digits-v2"')
     assert "SMOKE: not benchmark results" in page and page.count('<span class="badge smoke">SMOKE</span>') == 3
     for r in recs:
         assert r.protocol["sha256"] in page and r.data["sha256"] in page and r.submission["sha256"] in page
@@ -178,7 +178,7 @@ def test_browser_header_clicks_and_protocol_selector(browser: str, tmp_path: Pat
     recs = [*_records(), make_record("cifar-sur", score=0.3, protocol="cifar10")]
     html = render_page(recs)
     # inject a script that clicks headers the way a user would; the page's CSP admits it by its hash
-    clicks = ("document.querySelector('section[data-protocol=\"smoke-digits-v1\"] th[data-key=\"score\"] button')"
+    clicks = ("document.querySelector('section[data-protocol=\"smoke-digits-v2\"] th[data-key=\"score\"] button')"
               ".click();document.querySelector('th[data-key=\"score\"]').click();")  # fmt: skip
     digest = base64.b64encode(hashlib.sha256(clicks.encode()).digest()).decode()
     html = html.replace("script-src ", f"script-src 'sha256-{digest}' ").replace(
@@ -187,13 +187,13 @@ def test_browser_header_clicks_and_protocol_selector(browser: str, tmp_path: Pat
     page = tmp_path / "clicked.html"
     page.write_text(html)
     clicked, _ = _dump(browser, page, "", tmp_path / "profile")
-    smoke = [n for proto, n, _ in clicked.rows if proto == "smoke-digits-v1"]
+    smoke = [n for proto, n, _ in clicked.rows if proto == "smoke-digits-v2"]
     assert smoke == ["alpha", EVIL, "zeta"]  # first click: score descending, second: ascending
     assert clicked.sorted == {"score": "ascending"}
 
     page = write_page(recs, tmp_path / "index.html")
     only, _ = _dump(browser, page, "#protocol=cifar10-v1", tmp_path / "profile")
-    assert only.hidden_sections == {"smoke-digits-v1"}
+    assert only.hidden_sections == {"smoke-digits-v2"}
     assert [n for proto, n, _ in only.rows if proto not in only.hidden_sections] == ["cifar-sur"]
 
 

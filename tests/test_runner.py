@@ -157,3 +157,55 @@ def test_real_cifar10_external_resnets(shared_cifar: Path, shared_weights: Path,
     assert tgt < mean[16]  # targeted transfer is harder than untargeted
     assert all(s["mean"] > 0.1 for s in run["similarity"].values())  # same-family gradients align
     assert LocalStore(tmp_path / "lb").add(rec).is_file()
+
+
+def test_weight_sharpness_is_in_every_run_and_matches_the_metric(world) -> None:
+    """smoke-digits v2 pins seed 004's weight-space diagnostic; the record holds exactly what the metric gives."""
+    from bench.metrics.sharpness import hessian_top_eigenvalue, hessian_trace
+    from bench.runner import balanced_subset, select_images
+
+    sur = load_surrogate(world["folders"]["sur-a"])
+    rec = evaluate(sur, PROTO, world["data"], world["targets"], limit=LIMIT, progress=False)
+    ws = rec.runs[0]["weight_sharpness"]
+    spec = PROTO.weight_sharpness
+    images = select_images(PROTO, world["data"], LIMIT)
+    sub = balanced_subset(images.labels, spec.images, PROTO.num_classes)
+    x, y = images.images()[sub], images.labels[sub]
+    eig = hessian_top_eigenvalue(sur.runs[0], x, y, max_iters=spec.max_iters, tol=spec.tol, seed=spec.seed,
+                                 batch_size=256)  # fmt: skip
+    tr = hessian_trace(sur.runs[0], x, y, probes=spec.probes, seed=spec.seed, batch_size=256)
+    assert ws["n"] == min(spec.images, LIMIT) and ws["probes"] == spec.probes
+    assert ws["top_eigenvalue"] == pytest.approx(eig.value, rel=1e-4) and ws["top_eigenvalue"] > 0
+    assert ws["trace"] == pytest.approx(tr.value, rel=1e-4) and ws["trace_stderr"] > 0
+
+
+def test_a_parent_label_space_model_is_read_on_the_protocol_classes(world) -> None:
+    """With a label space, a 20-class 'parent' target is restricted to its listed columns; other counts fail."""
+    import dataclasses
+
+    from bench.models.adapters import RestrictLogits
+    from bench.protocol import LabelSpace
+    from bench.runner import EvaluationError, adapt_to_protocol
+
+    indices = tuple(range(19, 0, -2))  # protocol class k = parent class 19 - 2k
+    proto = dataclasses.replace(PROTO, label_space=LabelSpace("toy-20", 20, indices))
+    assert proto.sha256 != PROTO.sha256 and "label_space" in proto.to_json()
+    assert "label_space" not in PROTO.to_json()  # absent optional fields keep older hashes
+
+    base = world["targets"]["smoke-mlp"].model
+
+    class Parent(torch.nn.Module):  # 20 logits whose listed columns are the 10-class model's
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.full((len(x), 20), -1e4)
+            out[:, list(indices)] = base(x)
+            return out
+
+    adapted = adapt_to_protocol("parent", Parent(), 20, proto)
+    assert isinstance(adapted, RestrictLogits)
+    x = world["data"].images()[:16]
+    assert torch.equal(adapted(x), base(x))
+    assert adapt_to_protocol("same", base, 10, proto) is base
+    with pytest.raises(EvaluationError, match=r"has 20 classes; smoke-digits-v2 accepts 10\b"):
+        adapt_to_protocol("parent", Parent(), 20, PROTO)
+    with pytest.raises(EvaluationError, match=r"accepts 10 or 20 \(toy-20\)"):
+        adapt_to_protocol("odd", base, 7, proto)
