@@ -264,6 +264,21 @@ PROTOCOLS.add(
     ),
 )
 
+PROTOCOLS.add(
+    "cifar10-autoattack",
+    dataclasses.replace(
+        PROTOCOLS.get("cifar10"),
+        name="cifar10-autoattack",
+        description="Transfer of AutoAttack-crafted examples (seed 002 Table 13): AutoAttack standard (APGD-CE, "
+        "APGD-T, FAB-T with 100 iterations, Square with 5,000 queries; torchattacks components) on every tenth "
+        "test image (1,000 images), untargeted, L-inf {4,8,16}/255. Provisional like cifar10 v1.",
+        image_ids=tuple(range(0, 10_000, 10)),
+        attacks=(AttackSpec("autoattack", steps=100, params=(("num_classes", 10),)),),
+        modes=("untargeted",),
+        ranking_cell="autoattack/linf-8/untargeted",
+    ),
+)
+
 
 def get_protocol(name: str) -> Protocol:
     """``cifar10`` or ``cifar10-v1``; the version suffix is checked if given."""

@@ -20,7 +20,16 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     """Each test gets its own TRANSFERBENCH_HOME and no mirror/offline settings from the environment."""
     home = tmp_path_factory.mktemp("tbhome")
     monkeypatch.setenv("TRANSFERBENCH_HOME", str(home))
-    for var in ("TRANSFERBENCH_WEIGHTS_DIR", "TRANSFERBENCH_CIFAR10_DIR", "TRANSFERBENCH_OFFLINE", "HF_HUB_OFFLINE"):
+    for var in (
+        "TRANSFERBENCH_WEIGHTS_DIR",
+        "TRANSFERBENCH_CIFAR10_DIR",
+        "TRANSFERBENCH_IMAGENETTE_DIR",
+        "TRANSFERBENCH_IMAGENET_DIR",
+        "TRANSFERBENCH_IMAGENET_COMPATIBLE_DIR",
+        "TRANSFERBENCH_OFFLINE",
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+    ):
         monkeypatch.delenv(var, raising=False)
     return home
 

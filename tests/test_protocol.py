@@ -16,6 +16,7 @@ PINNED = {
     # Changing a protocol changes its hash. Bump its version, then update the pin, never the other way round.
     ("cifar10", 1): "9b9ae5eaeeb6d7037ad4eab288da3a463a2e3651a0e1e54d2db3d58a46b6050c",
     ("cifar10-ext", 1): "07c30302bffee81fb801e092f297a26671d1ca5e6b607c0e8c2fc68bfb11f43f",
+    ("cifar10-autoattack", 1): "ff4a79ac3448552e543a5c9a1b9ef3c6b29578dca386a9e004b24f0fdb2c0576",
     ("smoke-digits", 2): "941904fb3b17b8f46aecbdc65935a290e23f9e481a3aec31270552f2a173917d",
 }
 

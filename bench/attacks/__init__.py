@@ -13,6 +13,9 @@ from bench.attacks.parts import (
 )
 from bench.attacks.registry import ATTACK_COST, ATTACKS, AttackFn, AttackParts, attack_cost, run_attack
 
+# Attacks run by peer libraries register themselves on import.
+from bench.attacks import external  # noqa: F401  isort: skip
+
 __all__ = [
     "ATTACKS",
     "ATTACK_COST",
