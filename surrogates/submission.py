@@ -166,6 +166,10 @@ class Surrogate:
     run_names: list[str]
     member_sha256: dict[str, str]
     source: str
+    # sha256 of the model-defining config (architecture, classes, input size, mean/std, kwargs; members' too),
+    # free metadata excluded: ``sha256`` covers the weights only, and the same weights under another mean/std
+    # are another model.
+    config_sha256: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -240,6 +244,18 @@ def resolve(location: str | os.PathLike) -> tuple[Path, str, str]:
     return Path(local), f"{loc if revision else loc + '@main'}", repo.rsplit("/", 1)[-1]
 
 
+def model_config_sha256(cfg: SurrogateConfig, members: Mapping[str, SurrogateConfig] | None = None) -> str:
+    """Hash of what defines the model in ``config.json`` (not the free metadata), members included."""
+
+    def defining(c: SurrogateConfig) -> dict[str, Any]:
+        d = c.to_json()
+        d.pop("metadata")
+        return d
+
+    payload = {"config": defining(cfg), "members": {m: defining(c) for m, c in sorted((members or {}).items())}}
+    return sha256_text(json.dumps(payload, sort_keys=True, separators=(",", ":")))
+
+
 def load_surrogate(location: str | os.PathLike, device: str | torch.device = "cpu") -> Surrogate:
     """Load a submission folder (or Hub repo) into eval-mode models on ``device``."""
     folder, source, default_name = resolve(location)
@@ -247,14 +263,17 @@ def load_surrogate(location: str | os.PathLike, device: str | torch.device = "cp
     name = str(cfg.metadata.get("name") or default_name)
     if cfg.kind == "single":
         model, sha = _load_single(folder, cfg)
-        return Surrogate(name, "single", cfg, sha, [model.to(device)], [name], {name: sha}, source)
+        return Surrogate(
+            name, "single", cfg, sha, [model.to(device)], [name], {name: sha}, source, model_config_sha256(cfg)
+        )
     members: list[nn.Module] = []
     shas: dict[str, str] = {}
+    member_cfgs: dict[str, SurrogateConfig] = {}
     for m in cfg.members:
         sub = (folder / m).resolve()
         if folder.resolve() not in sub.parents:
             raise SubmissionError(f"{folder / CONFIG_NAME}: member {m!r} must be a sub-folder of the submission.")
-        sub_cfg = read_config(sub)
+        sub_cfg = member_cfgs[m] = read_config(sub)
         if sub_cfg.kind != "single":
             raise SubmissionError(f"{sub / CONFIG_NAME}: members of a {cfg.kind} must be single checkpoints.")
         model, shas[m] = _load_single(sub, sub_cfg)
@@ -263,11 +282,12 @@ def load_surrogate(location: str | os.PathLike, device: str | torch.device = "cp
     if len(classes) != 1:
         raise SubmissionError(f"{folder}: members disagree on num_classes ({sorted(map(str, classes))}).")
     sha = sha256_text(json.dumps({"kind": cfg.kind, "members": shas}, sort_keys=True))
+    config_sha = model_config_sha256(cfg, member_cfgs)
     if cfg.kind == "ensemble":
         ens = Ensemble(members).eval()
         ens.num_classes = classes.pop()  # type: ignore[assignment]
-        return Surrogate(name, "ensemble", cfg, sha, [ens], [name], shas, source)
-    return Surrogate(name, "seed-group", cfg, sha, members, list(cfg.members), shas, source)
+        return Surrogate(name, "ensemble", cfg, sha, [ens], [name], shas, source, config_sha)
+    return Surrogate(name, "seed-group", cfg, sha, members, list(cfg.members), shas, source, config_sha)
 
 
 def _model_card(cfg: SurrogateConfig, name: str) -> str:

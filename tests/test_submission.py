@@ -222,6 +222,22 @@ def test_seed_group_has_one_run_per_member(tmp_path: Path, members: dict[str, Pa
     assert ens.sha256 != s.sha256  # the kind is part of the identity
 
 
+def test_config_sha256_covers_the_model_definition_not_the_metadata(tmp_path: Path, members: dict[str, Path]) -> None:
+    """Same weights under another mean/std are another model: config_sha256 tells them apart, sha256 does not."""
+    a = load_surrogate(_save_digits(tmp_path / "a", metadata={"recipe": "ST"}))
+    same = load_surrogate(_save_digits(tmp_path / "same", metadata={"recipe": "other words"}))
+    shifted = load_surrogate(_save_digits(tmp_path / "shifted", mean=(0.4,)))
+    assert a.sha256 == same.sha256 == shifted.sha256
+    assert a.config_sha256 == same.config_sha256 != shifted.config_sha256
+    g = load_surrogate(save_group(members, tmp_path / "g", kind="ensemble"))
+    cfg_path = tmp_path / "g" / "seed1" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["std"] = [0.25]
+    cfg_path.write_text(json.dumps(cfg))
+    g2 = load_surrogate(tmp_path / "g")
+    assert g2.sha256 == g.sha256 and g2.config_sha256 != g.config_sha256 and len(g.config_sha256) == 64
+
+
 def test_group_sha256_changes_with_a_member(tmp_path: Path, members: dict[str, Path]) -> None:
     sha = load_surrogate(save_group(members, tmp_path / "g1", kind="ensemble")).sha256
     assert load_surrogate(save_group(members, tmp_path / "g2", kind="ensemble")).sha256 == sha
