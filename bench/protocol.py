@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 
 from bench import rng
+from bench.data.imagenet import IMAGENET_COMPATIBLE_PREPARATION
+from bench.data.imagenette import IMAGENETTE_PREPARATION, IMAGENETTE_TO_IMAGENET
 from bench.registry import Registry
 
 Mode = Literal["untargeted", "targeted"]
@@ -276,6 +278,79 @@ PROTOCOLS.add(
         attacks=(AttackSpec("autoattack", steps=100, params=(("num_classes", 10),)),),
         modes=("untargeted",),
         ranking_cell="autoattack/linf-8/untargeted",
+    ),
+)
+
+# ImageNet-side protocols. Images are prepared by the data loader to 224x224 (the rule is part of the protocol);
+# targets at another native size are resized inside their wrapper (targets/zoo.py). Transfer papers on ImageNet
+# use eps 16/255 and MI-FGSM as their headline setting, hence the ranking cell.
+IMAGENET_TARGETS = (
+    "imagenet-resnet50",
+    "imagenet-vgg16",
+    "imagenet-densenet121",
+    "imagenet-mobilenetv2",
+    "imagenet-inception-v3",
+    "imagenet-xception",
+    "imagenet-vit-b16",
+    "imagenet-deit-b",
+    "imagenet-swin-b",
+    "imagenet-inception-v3-adv",
+    "imagenet-incres-v2-ens-adv",
+    "imagenet-resnet50-linf4",
+)
+IMAGENETTE_VALIDATION_IMAGES = 3925  # imagenette2 validation split (fast.ai, all three resolutions)
+
+PROTOCOLS.add(
+    "imagenette",
+    Protocol(
+        name="imagenette",
+        version=1,
+        kind="benchmark",
+        status="provisional",
+        description="ImageNette validation split (3,925 images, 10 classes) at 224x224, ImageNet-1k targets read on "
+        "the 10 ImageNette classes (restricted argmax), L-inf PGD/MI-FGSM/DIM x {4,8,16}/255 x {untargeted, "
+        "targeted}, 10 steps, fp32. Surrogates give 10 logits in ImageNette order, or 1,000 ImageNet logits. "
+        "Provisional until the targets' Hub revisions, sha256 and accuracies are pinned.",
+        dataset="imagenette",
+        split="validation",
+        image_ids=tuple(range(IMAGENETTE_VALIDATION_IMAGES)),
+        num_classes=10,
+        input_size=(3, 224, 224),
+        targets=IMAGENET_TARGETS,
+        attacks=core_attacks(resize_rate=1.1),  # 224 -> canvas 246 (Xie et al.: 299 -> 330)
+        eps_255=(4, 8, 16),
+        modes=("untargeted", "targeted"),
+        seed=0,
+        precision="fp32",
+        smoothness_images=500,
+        smoothness_iters=20,
+        smoothness_tol=1e-3,
+        similarity_images=500,
+        ranking_cell="mifgsm/linf-16/untargeted",
+        image_preparation=IMAGENETTE_PREPARATION,
+        label_space=LabelSpace("imagenet-1k", 1000, IMAGENETTE_TO_IMAGENET),
+        weight_sharpness=WeightSharpnessSpec(images=250, max_iters=20, tol=1e-3, probes=10),
+    ),
+)
+
+PROTOCOLS.add(
+    "imagenet",
+    dataclasses.replace(
+        PROTOCOLS.get("imagenette"),
+        name="imagenet",
+        description="The 1,000-image ImageNet-compatible set of the NIPS 2017 adversarial competition (the list "
+        "transfer papers use), resized whole to 224x224, 1,000 classes, the ImageNet target zoo, L-inf "
+        "PGD/MI-FGSM/DIM x {4,8,16}/255 x {untargeted, targeted}, 10 steps, fp32. Targeted labels follow the "
+        "protocol's rule, not the competition's TargetClass column. Provisional until the targets are pinned.",
+        dataset="imagenet-compatible",
+        split="dev",
+        image_ids=tuple(range(1000)),
+        num_classes=1000,
+        smoothness_images=1000,
+        similarity_images=1000,
+        image_preparation=IMAGENET_COMPATIBLE_PREPARATION,
+        label_space=None,
+        weight_sharpness=WeightSharpnessSpec(images=250, max_iters=20, tol=1e-3, probes=10),
     ),
 )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -40,6 +41,21 @@ class Registry(Generic[T]):
         if name in self._items:
             raise RegistryError(f"{self.kind} {name!r} is already registered; pick another name.")
         self._items[name] = obj
+
+    def remove(self, name: str) -> T:
+        """Unregister ``name`` and return its object (temporary entries of tests and plugins)."""
+        if name not in self._items:
+            raise RegistryError(self._unknown(name))
+        return self._items.pop(name)
+
+    @contextmanager
+    def scoped(self, name: str, obj: T) -> Iterator[T]:
+        """Register ``obj`` under ``name`` for the duration of a ``with`` block, then remove it again."""
+        self.add(name, obj)
+        try:
+            yield obj
+        finally:
+            self._items.pop(name, None)
 
     def get(self, name: str) -> T:
         try:

@@ -1,23 +1,32 @@
 """A small in-memory Hugging Face Hub for tests: the real ``huggingface_hub`` client talks HTTP to it.
 
-It speaks the part of the Hub API that ``leaderboard.hub`` uses, for dataset repos only, as the installed
-huggingface_hub calls it:
+It speaks the part of the Hub API that ``leaderboard.hub`` (dataset repos) and ``targets.zoo`` (model repos) use,
+as the installed huggingface_hub calls it. ``<api>`` is ``datasets`` or ``models``; downloads of a dataset file sit
+under ``/datasets/<repo>/resolve/...``, of a model file under ``/<repo>/resolve/...`` (no prefix), as on the Hub:
 
-    GET  /api/datasets/<repo>[/revision/<rev>]        repo info (``sha`` = head commit; honours ``expand``)
-    GET  /api/datasets/<repo>/refs                    branches
-    GET  /api/datasets/<repo>/tree/<rev>[/<path>]     file listing (``recursive``)
-    POST /api/datasets/<repo>/paths-info/<rev>        info on given paths (form-encoded ``paths``)
-    POST /api/datasets/<repo>/preupload/<rev>         upload mode: always "regular" (base64 inside the commit)
-    POST /api/datasets/<repo>/commit/<rev>            NDJSON commit; a ``parentCommit`` other than the head -> 412
-    HEAD/GET /datasets/<repo>/resolve/<rev>/<path>    file download, with X-Repo-Commit, ETag, Content-Length
+    GET  /api/<api>/<repo>[/revision/<rev>]           repo info (``sha`` = head commit; honours ``expand``)
+    GET  /api/<api>/<repo>/refs                       branches
+    GET  /api/<api>/<repo>/tree/<rev>[/<path>]        file listing (``recursive``)
+    POST /api/<api>/<repo>/paths-info/<rev>           info on given paths (form-encoded ``paths``)
+    POST /api/<api>/<repo>/preupload/<rev>            upload mode: always "regular" (base64 inside the commit)
+    POST /api/<api>/<repo>/commit/<rev>               NDJSON commit; a ``parentCommit`` other than the head -> 412
+    POST /api/repos/create                            ``HfApi.create_repo`` (409 when it exists: ``exist_ok`` works)
+    POST /api/validate-yaml                           README metadata check before ``upload_folder``: accepts all
+    HEAD/GET [/datasets]/<repo>/resolve/<rev>/<path>  file download, with X-Repo-Commit, ETag, Content-Length
+
+Repos: ``FakeHub(repos=(...))`` creates dataset repos (the leaderboard), ``FakeHub(model_repos=(...))`` model repos;
+later, ``hub.create_repo("org/name", repo_type="model")`` or the client's own ``HfApi(endpoint=hub.endpoint)
+.create_repo("org/name")``. Every repo starts with one commit holding ``.gitattributes``; the client's
+``upload_folder`` / ``create_commit`` / ``upload_file`` then work on either type. The test hooks take
+``repo_type=None``, which finds the repo by id alone (an error if a model and a dataset repo share the id).
 
 Errors carry the headers the client maps to its exceptions (``X-Error-Code: RepoNotFound`` / ``RevisionNotFound``
-/ ``EntryNotFound``). Any other route answers 404 and is logged and kept in ``unknown_routes``, so a client
-upgrade that calls something new fails loudly. Repo state is a list of commits, each a full ``{path: bytes}``
-snapshot; a commit's sha is the sha1 of its parent, message and file ids. Test hooks: ``commit`` (a commit made
-directly on the server, e.g. a foreign publisher or tampering), ``commit_before_next_request`` (the head moves
-between a client's read and its commit) and ``hold_commits`` (the next N commit requests wait for each other, so
-they all carry the same parent).
+/ ``EntryNotFound``; ``X-Error-Message`` on 401/403). Any other route answers 404 and is logged and kept in
+``unknown_routes``, so a client upgrade that calls something new fails loudly. Repo state is a list of commits,
+each a full ``{path: bytes}`` snapshot; a commit's sha is the sha1 of its parent, message and file ids. Test hooks:
+``commit`` (a commit made directly on the server, e.g. a foreign publisher or tampering),
+``commit_before_next_request`` (the head moves between a client's read and its commit) and ``hold_commits`` (the
+next N commit requests wait for each other, so they all carry the same parent).
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ log = logging.getLogger(__name__)
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 _REV = r"(?P<rev>[^/]+)"
+REPO_TYPES = ("model", "dataset")
+_API = {"model": "models", "dataset": "datasets"}  # /api/<this>/<repo>
+_URL = {"model": "", "dataset": "datasets/"}  # <endpoint>/<this><repo>/resolve/...
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
 DATE = "2025-01-01T00:00:00.000Z"
 
@@ -58,6 +70,7 @@ class Commit:
 @dataclass
 class Repo:
     repo_id: str
+    repo_type: str = "dataset"
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
 
@@ -65,27 +78,43 @@ class Repo:
 class HubError(Exception):
     """An error answer: status, JSON body and Hub error headers."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        self.body = body or {}  # more fields beside "error" (create_repo's 409 carries the repo url)
 
 
 class FakeHub:
     """Repo state plus the HTTP server; ``endpoint`` is what the client is pointed at."""
 
-    def __init__(self, repos: tuple[str, ...] = ("transferbench/leaderboard",), tokens: dict[str, str] | None = None):
-        """``tokens`` maps token -> "read" or "write"; None accepts every request (a public, open repo)."""
-        self.repos: dict[str, Repo] = {}
+    def __init__(
+        self,
+        repos: tuple[str, ...] = ("transferbench/leaderboard",),
+        tokens: dict[str, str] | None = None,
+        model_repos: tuple[str, ...] = (),
+    ):
+        """``repos`` are dataset repos, ``model_repos`` model repos; ``tokens`` maps token -> "read" or "write"
+        (None accepts every request: public, open repos)."""
+        self.repos: dict[tuple[str, str], Repo] = {}  # (repo_type, repo_id) -> repo
         self.tokens = tokens
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.unknown_routes: list[str] = []
         self.authorizations: list[str | None] = []
-        self._before_next_commit: list[tuple[str, dict[str, bytes | None], str]] = []
+        self._before_next_commit: list[tuple[str, dict[str, bytes | None], str, str]] = []
         self._hold: threading.Barrier | None = None
         self._held = 0
         for repo_id in repos:
-            self.create_repo(repo_id)
+            self.create_repo(repo_id, "dataset")
+        for repo_id in model_repos:
+            self.create_repo(repo_id, "model")
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.hub = self  # type: ignore[attr-defined]
@@ -110,15 +139,37 @@ class FakeHub:
             self._thread.join(timeout=5)
 
     # --- state and test hooks ----------------------------------------------------------------------------------
-    def create_repo(self, repo_id: str) -> None:
+    def create_repo(self, repo_id: str, repo_type: str = "dataset") -> None:
+        """A new repo of ``repo_type`` ("dataset" or "model") with one initial commit; an existing one is an error."""
+        if repo_type not in REPO_TYPES:
+            raise ValueError(f"repo_type must be one of {REPO_TYPES}, got {repo_type!r}")
         with self.lock:
-            self.repos[repo_id] = Repo(repo_id)
-            self.commit(repo_id, {".gitattributes": GITATTRIBUTES}, "initial commit")
+            if (repo_type, repo_id) in self.repos:
+                raise ValueError(f"{repo_type} repo {repo_id} already exists on the test Hub")
+            self.repos[(repo_type, repo_id)] = Repo(repo_id, repo_type)
+            self.commit(repo_id, {".gitattributes": GITATTRIBUTES}, "initial commit", repo_type=repo_type)
 
-    def commit(self, repo_id: str, changes: dict[str, bytes | None], message: str, branch: str = "main") -> str:
+    def repo(self, repo_id: str, repo_type: str | None = None) -> Repo:
+        """The repo with this id (of ``repo_type``; None = the only repo with this id, of either type)."""
+        with self.lock:
+            if repo_type is not None:
+                return self.repos[(repo_type, repo_id)]
+            found = [r for (_, rid), r in self.repos.items() if rid == repo_id]
+            if len(found) != 1:
+                raise KeyError(f"{len(found)} repos named {repo_id} on the test Hub; pass repo_type")
+            return found[0]
+
+    def commit(
+        self,
+        repo_id: str,
+        changes: dict[str, bytes | None],
+        message: str,
+        branch: str = "main",
+        repo_type: str | None = None,
+    ) -> str:
         """Commit directly on the server (``None`` deletes a path); returns the new head."""
         with self.lock:
-            repo = self.repos[repo_id]
+            repo = self.repo(repo_id, repo_type)
             parent = repo.branches.get(branch)
             files = dict(repo.commits[parent].files) if parent else {}
             for path, data in changes.items():
@@ -132,32 +183,35 @@ class FakeHub:
             repo.branches[branch] = sha
             return sha
 
-    def commit_before_next_request(self, repo_id: str, changes: dict[str, bytes | None], message: str) -> None:
+    def commit_before_next_request(
+        self, repo_id: str, changes: dict[str, bytes | None], message: str, repo_type: str | None = None
+    ) -> None:
         """Make a foreign commit the moment the next commit request arrives (before its parent is checked).
 
         Calls queue up: each commit request applies the oldest queued foreign commit, if any.
         """
         with self.lock:
-            self._before_next_commit.append((repo_id, changes, message))
+            repo_type = self.repo(repo_id, repo_type).repo_type
+            self._before_next_commit.append((repo_id, changes, message, repo_type))
 
     def hold_commits(self, n: int, timeout: float = 10.0) -> None:
         """The next ``n`` commit requests wait until all ``n`` have arrived, then are processed one by one."""
         with self.lock:
             self._hold, self._held = threading.Barrier(n, timeout=timeout), n
 
-    def head(self, repo_id: str, branch: str = "main") -> str:
+    def head(self, repo_id: str, branch: str = "main", repo_type: str | None = None) -> str:
         with self.lock:
-            return self.repos[repo_id].branches[branch]
+            return self.repo(repo_id, repo_type).branches[branch]
 
-    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+    def files(self, repo_id: str, revision: str = "main", repo_type: str | None = None) -> dict[str, bytes]:
         with self.lock:
-            repo = self.repos[repo_id]
+            repo = self.repo(repo_id, repo_type)
             return dict(repo.commits[repo.branches.get(revision, revision)].files)
 
-    def history(self, repo_id: str, branch: str = "main") -> list[Commit]:
+    def history(self, repo_id: str, branch: str = "main", repo_type: str | None = None) -> list[Commit]:
         """Commits from the head back to the first."""
         with self.lock:
-            repo, out = self.repos[repo_id], []
+            repo, out = self.repo(repo_id, repo_type), []
             sha: str | None = repo.branches[branch]
             while sha is not None:
                 out.append(repo.commits[sha])
@@ -170,10 +224,14 @@ class FakeHub:
             return sum(1 for m, p, _ in self.requests if m == method and re.search(pattern, p))
 
     # --- request handling (called by the handler, one thread per request) ----------------------------------------
-    def _repo(self, repo_id: str) -> Repo:
-        if repo_id not in self.repos:
+    def _repo(self, repo_type: str, repo_id: str) -> Repo:
+        if (repo_type, repo_id) not in self.repos:
             raise HubError(404, "Repository not found", "RepoNotFound")
-        return self.repos[repo_id]
+        return self.repos[(repo_type, repo_id)]
+
+    def url(self, repo_type: str, repo_id: str) -> str:
+        """The repo's web address (``<endpoint>/datasets/<id>`` or ``<endpoint>/<id>``)."""
+        return f"{self.endpoint}/{_URL[repo_type]}{repo_id}"
 
     def _resolve(self, repo: Repo, rev: str) -> Commit:
         sha = repo.branches.get(rev, rev)
@@ -216,8 +274,8 @@ class FakeHub:
                 out[path] = {"type": "file", "oid": git_blob_oid(data), "size": len(data), "path": path}
         return list(out.values())
 
-    def info(self, repo_id: str, rev: str, query: dict[str, list[str]]) -> dict[str, Any]:
-        repo = self._repo(repo_id)
+    def info(self, repo_type: str, repo_id: str, rev: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        repo = self._repo(repo_type, repo_id)
         commit = self._resolve(repo, rev)
         full = {
             "_id": hashlib.md5(repo_id.encode(), usedforsecurity=False).hexdigest()[:24],
@@ -235,18 +293,20 @@ class FakeHub:
         expand = query.get("expand") or query.get("expand[]")
         return {k: v for k, v in full.items() if k in ("_id", "id", *expand)} if expand else full
 
-    def refs(self, repo_id: str) -> dict[str, Any]:
-        repo = self._repo(repo_id)
+    def refs(self, repo_type: str, repo_id: str) -> dict[str, Any]:
+        repo = self._repo(repo_type, repo_id)
         branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": s} for b, s in repo.branches.items()]
         return {"branches": branches, "converts": [], "tags": [], "pullRequests": []}
 
-    def tree(self, repo_id: str, rev: str, path: str, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        commit = self._resolve(self._repo(repo_id), rev)
+    def tree(
+        self, repo_type: str, repo_id: str, rev: str, path: str, query: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
+        commit = self._resolve(self._repo(repo_type, repo_id), rev)
         recursive = (query.get("recursive") or ["false"])[0].lower() in ("1", "true")
         return self._entries(commit, path, recursive)
 
-    def paths_info(self, repo_id: str, rev: str, form: dict[str, list[str]]) -> list[dict[str, Any]]:
-        commit = self._resolve(self._repo(repo_id), rev)
+    def paths_info(self, repo_type: str, repo_id: str, rev: str, form: dict[str, list[str]]) -> list[dict[str, Any]]:
+        commit = self._resolve(self._repo(repo_type, repo_id), rev)
         out = []
         for path in form.get("paths", []):
             if path in commit.files:
@@ -257,8 +317,8 @@ class FakeHub:
                 out.append({"type": "directory", "oid": oid, "size": 0, "path": path})
         return out
 
-    def preupload(self, repo_id: str, rev: str, payload: dict[str, Any]) -> dict[str, Any]:
-        commit = self._resolve(self._repo(repo_id), rev)
+    def preupload(self, repo_type: str, repo_id: str, rev: str, payload: dict[str, Any]) -> dict[str, Any]:
+        commit = self._resolve(self._repo(repo_type, repo_id), rev)
         files = []
         for f in payload.get("files", []):
             existing = commit.files.get(f["path"])
@@ -272,7 +332,7 @@ class FakeHub:
             )
         return {"files": files, "commitOid": commit.sha}
 
-    def create_commit(self, repo_id: str, branch: str, body: bytes) -> dict[str, Any]:
+    def create_commit(self, repo_type: str, repo_id: str, branch: str, body: bytes) -> dict[str, Any]:
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         if not lines or lines[0].get("key") != "header":
             raise HubError(400, "The commit payload must start with a header line")
@@ -294,27 +354,42 @@ class FakeHub:
                     self._hold = None
             barrier.wait()
         with self.lock:
-            repo = self._repo(repo_id)
+            repo = self._repo(repo_type, repo_id)
             if branch not in repo.branches:
                 raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
             if self._before_next_commit:  # one queued foreign commit per commit request
                 foreign = self._before_next_commit.pop(0)
                 log.info("test hook: foreign commit on %s before this request", foreign[0])
-                self.commit(*foreign)
+                self.commit(*foreign[:3], repo_type=foreign[3])
             parent = header.get("parentCommit")
             if parent is not None and parent != repo.branches[branch]:
                 raise HubError(412, "A commit has happened since. Please refresh and try again.")
-            sha = self.commit(repo_id, changes, header.get("summary", ""), branch)
+            sha = self.commit(repo_id, changes, header.get("summary", ""), branch, repo_type)
         return {
             "success": True,
             "commitOid": sha,
-            "commitUrl": f"{self.endpoint}/datasets/{repo_id}/commit/{sha}",
+            "commitUrl": f"{self.url(repo_type, repo_id)}/commit/{sha}",
             "hookOutput": "",
             "pullRequestUrl": None,
         }
 
-    def resolve(self, repo_id: str, rev: str, path: str) -> tuple[bytes, dict[str, str]]:
-        commit = self._resolve(self._repo(repo_id), rev)
+    def create_repo_api(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/repos/create``: ``type`` absent means a model repo, as on the Hub."""
+        repo_type = payload.get("type") or "model"
+        if repo_type not in REPO_TYPES:
+            raise HubError(400, f"this test Hub has no {repo_type!r} repos (only {', '.join(REPO_TYPES)})")
+        repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        if "/" not in repo_id:
+            raise HubError(400, f"name the owner: {repo_id!r} has no namespace (this test Hub has no user account)")
+        if (repo_type, repo_id) in self.repos:
+            url = self.url(repo_type, repo_id)
+            raise HubError(409, "You already created this repo", headers={"X-Error-Message": "Repo already exists"},
+                           body={"url": url})  # fmt: skip
+        self.create_repo(repo_id, repo_type)
+        return {"url": self.url(repo_type, repo_id), "name": repo_id}
+
+    def resolve(self, repo_type: str, repo_id: str, rev: str, path: str) -> tuple[bytes, dict[str, str]]:
+        commit = self._resolve(self._repo(repo_type, repo_id), rev)
         if path not in commit.files:
             raise HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": commit.sha})
         data = commit.files[path]
@@ -328,16 +403,24 @@ class FakeHub:
 class _Handler(BaseHTTPRequestHandler):
     """Routes each request to ``FakeHub``; HTTP/1.0, one request per connection."""
 
-    ROUTES: tuple[tuple[str, str, str], ...] = (
-        ("GET", rf"/api/datasets/{_REPO}", "info"),
-        ("GET", rf"/api/datasets/{_REPO}/revision/{_REV}", "info"),
-        ("GET", rf"/api/datasets/{_REPO}/refs", "refs"),
-        ("GET", rf"/api/datasets/{_REPO}/tree/{_REV}(?:/(?P<path>.*))?", "tree"),
-        ("POST", rf"/api/datasets/{_REPO}/paths-info/{_REV}", "paths_info"),
-        ("POST", rf"/api/datasets/{_REPO}/preupload/{_REV}", "preupload"),
-        ("POST", rf"/api/datasets/{_REPO}/commit/{_REV}", "commit"),
-        ("HEAD", rf"/datasets/{_REPO}/resolve/{_REV}/(?P<path>.+)", "resolve"),
-        ("GET", rf"/datasets/{_REPO}/resolve/{_REV}/(?P<path>.+)", "resolve"),
+    ROUTES: tuple[tuple[str, str, str, str], ...] = (
+        *(
+            (verb, pattern.format(api=_API[kind], url=_URL[kind], repo=_REPO, rev=_REV), name, kind)
+            for kind in ("dataset", "model")  # datasets first: their download route is the more specific one
+            for verb, pattern, name in (
+                ("GET", "/api/{api}/{repo}", "info"),
+                ("GET", "/api/{api}/{repo}/revision/{rev}", "info"),
+                ("GET", "/api/{api}/{repo}/refs", "refs"),
+                ("GET", "/api/{api}/{repo}/tree/{rev}(?:/(?P<path>.*))?", "tree"),
+                ("POST", "/api/{api}/{repo}/paths-info/{rev}", "paths_info"),
+                ("POST", "/api/{api}/{repo}/preupload/{rev}", "preupload"),
+                ("POST", "/api/{api}/{repo}/commit/{rev}", "commit"),
+                ("HEAD", "/{url}{repo}/resolve/{rev}/(?P<path>.+)", "resolve"),
+                ("GET", "/{url}{repo}/resolve/{rev}/(?P<path>.+)", "resolve"),
+            )
+        ),
+        ("POST", "/api/repos/create", "create_repo", ""),
+        ("POST", "/api/validate-yaml", "validate_yaml", ""),
     )
 
     @property
@@ -371,11 +454,11 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         body = self._body() if method == "POST" else b""
         try:
-            for verb, pattern, name in self.ROUTES:
+            for verb, pattern, name, kind in self.ROUTES:
                 m = re.fullmatch(pattern, url.path)
                 if verb == method and m:
                     args = {k: unquote(v or "") for k, v in m.groupdict().items()}
-                    answer = self._route(name, args, query, body)
+                    answer = self._route(name, kind, args, query, body)
                     break
             else:
                 self.hub.unknown_routes.append(f"{method} {self.path}")
@@ -383,7 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(404, f"unknown route {method} {url.path}")
         except HubError as e:
             headers = {**e.headers, **({"X-Error-Code": e.code} if e.code else {})}
-            answer = _Answer(e.status, json.dumps({"error": e.message}).encode(), headers)
+            answer = _Answer(e.status, json.dumps({"error": e.message, **e.body}).encode(), headers)
         except Exception as e:  # a bug in this test server: answer 500 rather than drop the connection
             log.exception("fake hub: %s %s failed", method, self.path)
             answer = _Answer(500, json.dumps({"error": f"test hub bug: {e!r}"}).encode())
@@ -397,24 +480,30 @@ class _Handler(BaseHTTPRequestHandler):
         if method != "HEAD":
             self.wfile.write(answer.data)
 
-    def _route(self, name: str, args: dict[str, str], query: dict[str, list[str]], body: bytes) -> _Answer:
-        hub, repo, rev = self.hub, args["repo"], args.get("rev", "main")
-        hub._auth(self.headers.get("Authorization"), write=name in ("preupload", "commit"))
+    def _route(self, name: str, kind: str, args: dict[str, str], query: dict[str, list[str]], body: bytes) -> _Answer:
+        hub = self.hub
+        hub._auth(self.headers.get("Authorization"), write=name in ("preupload", "commit", "create_repo"))
+        if name == "create_repo":
+            with hub.lock:
+                return _Answer.json(hub.create_repo_api(json.loads(body)))
+        if name == "validate_yaml":  # upload_folder asks before uploading a README.md; no metadata rules here
+            return _Answer.json({"errors": [], "warnings": []})
+        repo, rev = args["repo"], args.get("rev", "main")
         if name == "commit":  # not under the lock: it may wait for other commit requests (hold_commits)
-            return _Answer.json(hub.create_commit(repo, rev, body))
+            return _Answer.json(hub.create_commit(kind, repo, rev, body))
         with hub.lock:
             if name == "resolve":
-                data, headers = hub.resolve(repo, rev, args["path"])
+                data, headers = hub.resolve(kind, repo, rev, args["path"])
                 return _Answer(200, data, headers)
             if name == "info":
-                return _Answer.json(hub.info(repo, rev, query))
+                return _Answer.json(hub.info(kind, repo, rev, query))
             if name == "refs":
-                return _Answer.json(hub.refs(repo))
+                return _Answer.json(hub.refs(kind, repo))
             if name == "tree":
-                return _Answer.json(hub.tree(repo, rev, args.get("path", ""), query))
+                return _Answer.json(hub.tree(kind, repo, rev, args.get("path", ""), query))
             if name == "paths_info":
-                return _Answer.json(hub.paths_info(repo, rev, parse_qs(body.decode())))
-            return _Answer.json(hub.preupload(repo, rev, json.loads(body)))
+                return _Answer.json(hub.paths_info(kind, repo, rev, parse_qs(body.decode())))
+            return _Answer.json(hub.preupload(kind, repo, rev, json.loads(body)))
 
 
 @dataclass

@@ -97,7 +97,7 @@ def test_record_path_is_the_local_store_layout(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     assert record_path(rec) == "records/" + store.path_for(rec).relative_to(tmp_path).as_posix()
     modified = make_record("sur-a", protocol_sha256="ab" * 32)  # a modified protocol gets its own folder
-    assert record_path(modified).startswith("records/smoke-digits-v1-abababab/")
+    assert record_path(modified).startswith("records/smoke-digits-v2-abababab/")
 
 
 # --- publish -------------------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_publish_then_pull_round_trips_byte_for_byte(hub: FakeHub, cfg: HubConfi
     sha = publish(rec, cfg)
     assert sha == hub.head(REPO) != parent
     head = hub.history(REPO)[0]
-    assert head.parent == parent and head.message == f"Add {rec.submission_id} (smoke-digits-v1)"
+    assert head.parent == parent and head.message == f"Add {rec.submission_id} (smoke-digits-v2)"
     assert hub.files(REPO)[record_path(rec)] == _bytes(rec)
     assert f"Bearer {TOKEN}" in hub.authorizations  # the token from HF_TOKEN reached the Hub
 
@@ -235,7 +235,7 @@ def test_pull_rejects_bad_files_and_never_writes_them(hub: FakeHub, cfg: HubConf
     tampered["score"]["mean"] = 0.99  # edited after the integrity hash was computed
     no_integrity = json.loads(bare.dumps())
     del no_integrity["integrity"]
-    key = "records/smoke-digits-v1"
+    key = "records/smoke-digits-v2"
     bad = {
         record_path(victim): json.dumps(tampered, indent=1).encode(),
         f"{key}/victim2-000000000000.json": _bytes(impostor),  # a valid record filed under another name

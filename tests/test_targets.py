@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from bench.hashing import HashMismatch
 from bench.models import NormalizedModel, build_architecture, build_model, known_architecture
 from targets import TARGETS, LoadedTarget, TargetError, TargetSpec, UrlWeights, load_target, load_targets
-from targets.zoo import LocalWeights, resolve_weights
+from targets.zoo import HubWeights, LocalWeights, resolve_weights
 
 BASE = TARGETS.get("akamaster-resnet20")
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -394,23 +394,34 @@ def test_registered_target_is_well_formed(name: str) -> None:
     assert known_architecture(spec.architecture)
     assert isinstance(spec.num_classes, int) and spec.num_classes >= 2
     assert len(spec.mean) == len(spec.std) >= 1 and all(s > 0 for s in spec.std)
-    if isinstance(spec.source, UrlWeights):
-        assert HEX64.fullmatch(spec.source.sha256), spec.source.sha256
-        assert spec.source.url.startswith("https://")
-        assert spec.source.url.rsplit("/", 1)[1] == spec.source.filename
+    src = spec.source
+    if isinstance(src, UrlWeights):
+        assert src.sha256 is None or HEX64.fullmatch(src.sha256), src.sha256  # None: not measured, not pinned
+        assert src.url.startswith("https://")
+        assert src.url.rsplit("/", 1)[1] == src.filename
+        assert spec.pinned == (src.sha256 is not None)
+    elif isinstance(src, HubWeights):
+        assert src.sha256 is None or HEX64.fullmatch(src.sha256), src.sha256
+        assert src.revision is None or re.fullmatch(r"[0-9a-f]{40}", src.revision), src.revision  # a commit
+        assert spec.pinned == (src.sha256 is not None and src.revision is not None)
     else:
-        assert isinstance(spec.source, LocalWeights) and not Path(spec.source.relpath).is_absolute()
+        assert isinstance(src, LocalWeights) and not Path(src.relpath).is_absolute() and not spec.pinned
     if spec.family == "external":
         assert spec.license.strip() and spec.citation.strip()
-    # The entry can be built (architecture, num_classes and arch_kwargs agree).
-    model = build_model(spec.architecture, spec.num_classes, spec.mean, spec.std, **spec.arch_kwargs)
+    if spec.input_size is not None:
+        assert spec.input_size[0] == len(spec.mean)
+    # The entry can be built (architecture, num_classes and arch_kwargs agree); on the meta device, so that the
+    # ImageNet-size models cost no memory and no random initialisation.
+    with torch.device("meta"):
+        model = build_model(spec.architecture, spec.num_classes, spec.mean, spec.std, **spec.arch_kwargs)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_registered_files_and_hashes_are_unique() -> None:
     urls = [s.source for _, s in TARGETS.items() if isinstance(s.source, UrlWeights)]
     assert len({u.filename for u in urls}) == len(urls)
-    assert len({u.sha256 for u in urls}) == len(urls)
+    pinned = [u.sha256 for u in urls if u.sha256 is not None]
+    assert len(set(pinned)) == len(pinned)
     assert {f"akamaster-resnet{d}" for d in (20, 32, 44, 56)} <= set(TARGETS)
 
 

@@ -26,6 +26,9 @@ class ResizeInput(nn.Module):
         self.size = (int(size[0]), int(size[1]))
         self.interpolation = interpolation
 
+    def extra_repr(self) -> str:
+        return f"size={self.size}, interpolation={self.interpolation!r}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.size:
             kw = {} if self.interpolation == "nearest" else {"align_corners": False, "antialias": False}
