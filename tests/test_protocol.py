@@ -96,7 +96,7 @@ def test_registry_refuses_duplicates_and_suggests() -> None:
 
 @pytest.mark.parametrize("name", list(PROTOCOLS))
 def test_a_protocol_with_unpinned_targets_is_not_frozen(name: str) -> None:
-    """A target without a pinned revision/sha256 could change under a frozen protocol: only provisional ones may use it."""
+    """A target without a pinned revision or sha256 may change under a frozen protocol: only provisional ones use it."""
     from targets import unpinned_targets
 
     p = PROTOCOLS.get(name)
