@@ -51,13 +51,14 @@ def _target_names(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_targets_list(args: argparse.Namespace) -> int:
-    from targets import TARGETS
+    from targets import TARGETS, describe_source
 
-    print(f"{'target':<22}{'family':<12}{'architecture':<18}{'license':<14}source")
+    print(f"{'target':<30}{'family':<23}{'architecture':<40}{'pinned':<8}{'license':<16}source")
     for name in _target_names(args):
         spec = TARGETS.get(name)
-        src = getattr(spec.source, "url", None) or f"$TRANSFERBENCH_HOME/{getattr(spec.source, 'relpath', '')}"
-        print(f"{name:<22}{spec.family:<12}{spec.architecture:<18}{spec.license or '-':<14}{src}")
+        pinned = "yes" if spec.pinned else "no"
+        print(f"{name:<30}{spec.family:<23}{spec.architecture:<40}{pinned:<8}{spec.license or '-':<16}"
+              f"{describe_source(spec)}")  # fmt: skip
     return 0
 
 
@@ -73,7 +74,7 @@ def cmd_targets_fetch(args: argparse.Namespace) -> int:
 
 def cmd_targets_verify(args: argparse.Namespace) -> int:
     """sha256 of every weights file, then clean accuracy on the protocol's full image list vs the pinned value."""
-    from bench.runner import load_protocol_data, predictions, select_images
+    from bench.runner import adapt_to_protocol, load_protocol_data, predictions, select_images
     from targets import TARGETS, load_target
 
     protocol = get_protocol(args.protocol)
@@ -84,8 +85,9 @@ def cmd_targets_verify(args: argparse.Namespace) -> int:
     failed = 0
     for name in args.names or protocol.targets:
         device = _device(args.device)
-        target = load_target(name, weights_dir=args.weights_dir, device=device)
-        preds = predictions(name, target.model, x, torch.device(device), protocol.num_classes, 500)
+        target = load_target(name, weights_dir=args.weights_dir, device=device, input_size=protocol.input_size)
+        model = adapt_to_protocol(name, target.model, TARGETS.get(name).num_classes, protocol)
+        preds = predictions(name, model, x, torch.device(device), protocol.num_classes, 500)
         acc = float((preds == y).float().mean())
         expected = dict(TARGETS.get(name).expected_accuracy).get(data_sha)
         ok = expected is None or abs(acc - expected) <= TARGET_TOLERANCE
@@ -117,7 +119,7 @@ def _evaluate_and_store(args: argparse.Namespace):  # type: ignore[no-untyped-de
         raise ValueError(f"{unknown} are not targets of {protocol.id} ({', '.join(protocol.targets)})")
     surrogate = load_surrogate(args.path, device=device)
     data = load_protocol_data(protocol, args.data_dir)
-    tg = load_targets(names, weights_dir=args.weights_dir, device=device)
+    tg = load_targets(names, weights_dir=args.weights_dir, device=device, input_size=protocol.input_size)
     subset = protocol if not args.targets else _with_targets(protocol, names)
     record = evaluate(surrogate, subset, data, tg, device=device, batch_size=args.batch_size, limit=args.limit,
                       progress=not args.quiet)  # fmt: skip

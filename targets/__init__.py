@@ -15,7 +15,7 @@ from targets.zoo import (
 )
 
 # Zoo entries register themselves on import.
-from targets import cifar10_zoo, imagenet_zoo, smoke_zoo  # noqa: F401  isort: skip
+from targets import cifar10_family, cifar10_zoo, imagenet_zoo, smoke_zoo  # noqa: F401  isort: skip
 
 __all__ = [
     "TARGETS",

@@ -15,7 +15,7 @@ from bench.models.normalize import NormalizedModel
 from bench.models.registry import ARCHS
 
 # Importing the architecture modules fills ARCHS.
-from bench.models import cifar_resnet, resnet18, tiny  # noqa: F401  isort: skip
+from bench.models import cifar_resnet, cifar_zoo, resnet18, tiny  # noqa: F401  isort: skip
 
 TIMM_PREFIX = "timm:"
 
