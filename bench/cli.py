@@ -98,6 +98,46 @@ def cmd_targets_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_targets_train(args: argparse.Namespace) -> int:
+    """Train one of the project's CIFAR-10 zoo targets with its frozen, seeded recipe."""
+    from bench.data import load_cifar10
+    from surrogates.recipes import parse_overrides
+    from targets.train import train_target
+
+    out = train_target(
+        args.name,
+        load_cifar10("train", args.data_dir),
+        args.out,
+        device=_device(args.device),
+        overrides=parse_overrides(args.params),
+        test_data=load_cifar10("test", args.data_dir),
+        overwrite=args.overwrite,
+    )
+    print(f"target written to {out}; next: `transferbench targets pins {out}` and `transferbench targets publish`")
+    return 0
+
+
+def cmd_targets_pins(args: argparse.Namespace) -> int:
+    """sha256 and accuracy of a trained target on the protocol's full image list, as a line for the zoo file."""
+    from bench.runner import load_protocol_data, select_images
+    from targets.train import target_pins
+
+    protocol = get_protocol(args.protocol)
+    images = select_images(protocol, load_protocol_data(protocol, args.data_dir), None)
+    pins = target_pins(args.folder, images, revision=args.revision, device=_device(args.device))
+    print(pins.as_code())
+    return 0
+
+
+def cmd_targets_publish(args: argparse.Namespace) -> int:
+    from targets.publish import publish_target
+
+    sha = publish_target(args.folder, args.repo, endpoint=args.endpoint, revision_message=args.message,
+                         overwrite=args.overwrite)  # fmt: skip
+    print(f"published {args.folder} to {args.repo} at commit {sha}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     record, path = _evaluate_and_store(args)
     print(f"score {100 * record.score['mean']:.2f} ({record.protocol['ranking_cell']}, mean ASR over targets); "
@@ -309,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--show", metavar="NAME", help="print one protocol in full (JSON)")
     s.set_defaults(func=cmd_protocols)
 
-    s = sub.add_parser("targets", help="list, fetch and verify the target zoo")
+    s = sub.add_parser("targets", help="list, fetch, verify, train, pin and publish zoo targets")
     tsub = s.add_subparsers(dest="targets_command", required=True)
     t = tsub.add_parser("list", help="zoo entries (all, or one protocol's)")
     t.add_argument("--protocol", help="only this protocol's targets")
@@ -326,6 +366,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights-dir", help="local mirror of target weights")
     t.add_argument("--device", default="auto")
     t.set_defaults(func=cmd_targets_verify)
+    t = tsub.add_parser(
+        "train", help="train a project zoo target with its seeded recipe (extra --name value overrides)"
+    )
+    t.add_argument("name", help="zoo target name (e.g. tb-resnet50; `transferbench targets list`)")
+    t.add_argument("--out", required=True, help="folder to write (weights, config.json, model card)")
+    t.add_argument("--data-dir", help="local CIFAR-10 mirror")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=cmd_targets_train)
+    t = tsub.add_parser("pins", help="sha256 + accuracy of a trained target, as the line to pin in the zoo")
+    t.add_argument("folder", help="folder written by `targets train`")
+    t.add_argument("--protocol", default="cifar10", help="the accuracy is pinned on this protocol's full image list")
+    t.add_argument("--data-dir", help="local data mirror")
+    t.add_argument("--revision", help="Hub commit that holds the published files")
+    t.add_argument("--device", default="auto")
+    t.set_defaults(func=cmd_targets_pins)
+    t = tsub.add_parser("publish", help="upload a trained target to a Hub model repo (token from HF_TOKEN)")
+    t.add_argument("folder", help="folder written by `targets train`")
+    t.add_argument("--repo", default="transferbench/cifar10-zoo", help="Hub model repo")
+    t.add_argument("--endpoint", help="Hub endpoint (default: huggingface.co)")
+    t.add_argument("--message", help="commit message")
+    t.add_argument("--overwrite", action="store_true", help="replace different files already published")
+    t.set_defaults(func=cmd_targets_publish)
 
     for command, help_text in (
         ("evaluate", "evaluate a surrogate submission folder (or hf://owner/repo@rev)"),
@@ -426,7 +489,7 @@ def _evaluate_options(s: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
+    if extra and args.command != "train" and getattr(args, "targets_command", None) != "train":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.params = extra
     logging.basicConfig(

@@ -80,6 +80,29 @@ def test_train_a_recipe_on_digits(tmp_path: Path) -> None:
     assert main(["train", "ir", "--out", str(tmp_path / "x"), "--data", "digits", "--no-such-field", "1"]) == 1
 
 
+def test_targets_train_writes_a_zoo_target_and_pins_need_the_full_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`targets train` on a tiny CIFAR-10 mirror; `targets pins` refuses a mirror without the protocol's images."""
+    from test_data import _labels, _random_images, _write_parquet
+
+    mirror = tmp_path / "cifar"
+    _write_parquet(mirror / "train.parquet", _random_images(40, seed=1), _labels(40))
+    _write_parquet(mirror / "test.parquet", _random_images(20, seed=2), _labels(20))
+    out = tmp_path / "mnv2"
+    args = ["targets", "train", "tb-mobilenet-v2", "--out", str(out), "--data-dir", str(mirror), "--device", "cpu",
+            "--epochs", "1", "--arch_width_mult", "0.25", "--batch_size", "20"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architecture"] == "cifar_mobilenet_v2" and cfg["metadata"]["target"] == "tb-mobilenet-v2"
+    assert load_surrogate(out).num_classes == 10
+    capsys.readouterr()
+    assert main(["targets", "pins", str(out), "--data-dir", str(mirror), "--device", "cpu"]) == 1
+    assert "lacks 9980 image ids of cifar10-v1" in capsys.readouterr().err
+    assert main(["targets", "train", "tb-nope", "--out", str(tmp_path / "n"), "--data-dir", str(mirror)]) == 1
+    assert "tb-" in capsys.readouterr().err
+
+
 def test_unknown_options_are_refused_outside_train() -> None:
     with pytest.raises(SystemExit) as e:
         main(["protocols", "--bogus"])
