@@ -23,6 +23,7 @@ class ResizeInput(nn.Module):
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
         self.model = model
+        self.train(model.training)  # a wrapper is in the mode of what it wraps (eval checks look at every module)
         self.size = (int(size[0]), int(size[1]))
         self.interpolation = interpolation
 
@@ -50,6 +51,7 @@ class RestrictLogits(nn.Module):
         if len(set(indices)) != len(indices) or not indices:
             raise ValueError(f"indices must be distinct and non-empty, got {tuple(indices)}")
         self.model = model
+        self.train(model.training)
         self.register_buffer("indices", torch.tensor(list(indices), dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
