@@ -336,7 +336,7 @@ def test_declared_cost_is_what_the_attack_spends(name: str) -> None:
 def test_costs_at_the_papers_defaults() -> None:
     expected = {"pgd": 10, "mifgsm": 10, "dim": 10, "nifgsm": 10, "tifgsm": 10, "tidim": 10, "gnp": 20,
                 "vmifgsm": 10 + 20 * 9, "pgn": 2 * 20 * 10, "tpa": (1 + 2 * 10) * 10,
-                "autoattack": 10 + 2 * 10 * 9}  # fmt: skip
+                "autoattack": 11 * (1 + 2 * 9)}  # fmt: skip
     assert {name: attack_cost(name, 10) for name in ATTACKS} == expected
 
 

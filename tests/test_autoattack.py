@@ -78,8 +78,26 @@ def test_refuses_targeted_mode_and_a_wrong_class_count(setup) -> None:
 
 def test_cost_is_the_gradient_bound_of_the_standard_composition() -> None:
     assert "autoattack" in ATTACKS
-    assert attack_cost("autoattack", 100, {"num_classes": 10}) == 100 + 2 * 100 * 9
+    assert attack_cost("autoattack", 100, {"num_classes": 10}) == 101 * (1 + 2 * 9)
     assert attack_cost("autoattack", 100) == attack_cost("autoattack", 100, {"num_classes": 10})
+    assert attack_cost("autoattack", 100, {"num_classes": 1000}) == attack_cost("autoattack", 100)  # 9 targets
+    assert attack_cost("autoattack", 100, {"num_classes": 3}) == 101 * (1 + 2 * 2)
+
+
+def test_targeted_stages_attack_nine_classes_as_the_original(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchattacks defaults APGD-T/FAB-T to all K-1 classes; with K=20 we must set the original's 9."""
+    seen = []
+    real = torchattacks.MultiAttack
+
+    def spy(parts):  # type: ignore[no-untyped-def]
+        seen.extend(getattr(p, "n_target_classes", None) for p in parts)
+        return real(parts)
+
+    monkeypatch.setattr(torchattacks, "MultiAttack", spy)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 20)).eval()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    run_attack("autoattack", model, x, torch.tensor([0, 1]), EPS, steps=1, targeted=False, ids=torch.arange(2), seed=0)
+    assert seen == [None, 9, 9, None]
 
 
 def test_an_autoattack_cell_runs_through_the_runner(one_thread) -> None:
@@ -106,5 +124,5 @@ def test_an_autoattack_cell_runs_through_the_runner(one_thread) -> None:
     targets = {"smoke-mlp": LoadedTarget("smoke-mlp", _trained(2, "mlp", hidden=16), "1" * 64, "t", "smoke")}
     rec = evaluate(sur, proto, load_digits_smoke(), targets, limit=40, progress=False)
     cell = rec.runs[0]["cells"]["autoattack/linf-32/untargeted"]
-    assert cell["gradient_evals_per_image"] == 5 + 2 * 5 * 9
+    assert cell["gradient_evals_per_image"] == 6 * (1 + 2 * 9)
     assert cell["fooling_rate"]["n"] > 0 and cell["fooling_rate"]["rate"] > 0.5
