@@ -113,7 +113,8 @@ def cmd_targets_train(args: argparse.Namespace) -> int:
         test_data=load_cifar10("test", args.data_dir),
         overwrite=args.overwrite,
     )
-    print(f"target written to {out}; next: `transferbench targets pins {out}` and `transferbench targets publish`")
+    print(f"target written to {out}; next: `transferbench targets publish {out}` (gives the commit), then "
+          f"`transferbench targets pins {out} --revision COMMIT`")  # fmt: skip
     return 0
 
 
@@ -133,7 +134,7 @@ def cmd_targets_publish(args: argparse.Namespace) -> int:
     from targets.publish import publish_target
 
     sha = publish_target(args.folder, args.repo, endpoint=args.endpoint, revision_message=args.message,
-                         overwrite=args.overwrite)  # fmt: skip
+                         overwrite=args.overwrite, allow_overrides=args.allow_overrides)  # fmt: skip
     print(f"published {args.folder} to {args.repo} at commit {sha}")
     return 0
 
@@ -388,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--endpoint", help="Hub endpoint (default: huggingface.co)")
     t.add_argument("--message", help="commit message")
     t.add_argument("--overwrite", action="store_true", help="replace different files already published")
+    t.add_argument("--allow-overrides", action="store_true", help="publish a folder trained with recipe overrides")
     t.set_defaults(func=cmd_targets_publish)
 
     for command, help_text in (

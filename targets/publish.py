@@ -22,6 +22,7 @@ from typing import Any
 from bench.hashing import sha256_file
 from leaderboard.hub import _network_errors, _offline_var, _same_content, _status
 from surrogates.submission import CONFIG_NAME, WEIGHTS_NAME, SubmissionError, read_config
+from targets.zoo import TargetError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ class _Upload:
     data: dict[str, bytes]  # path in repo -> content
 
 
-def _read_folder(folder: Path) -> _Upload:
-    """The three files of a trained target folder, after checking that they belong together."""
+def _read_folder(folder: Path, allow_overrides: bool) -> _Upload:
+    """The three files of a trained target folder, after checking that they belong together and are the zoo entry
+    (architecture, kwargs, mean/std and, unless ``allow_overrides``, the registered recipe)."""
+    from targets.train import check_is_zoo_entry
+
     try:
         cfg = read_config(folder)
     except SubmissionError as e:
@@ -55,6 +59,10 @@ def _read_folder(folder: Path) -> _Upload:
     if cfg.kind != "single" or not isinstance(name, str) or not _NAME.fullmatch(name):
         raise TargetPublishError(f"cannot publish {folder}: its config.json names no target (metadata.target = "
                                  f"{name!r}); publish folders written by `transferbench targets train`.")  # fmt: skip
+    try:
+        check_is_zoo_entry(folder, cfg, allow_overrides, allow_arch_overrides=allow_overrides)
+    except TargetError as e:
+        raise TargetPublishError(f"cannot publish {folder}: {e}") from None
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
         raise TargetPublishError(f"cannot publish {folder}: {', '.join(missing)} missing; retrain the target.")
@@ -157,8 +165,12 @@ def publish_target(
     revision_message: str | None = None,
     branch: str = "main",
     overwrite: bool = False,
+    allow_overrides: bool = False,
 ) -> str:
     """Upload ``<name>/{model.safetensors, config.json, README.md}`` of a trained target in one commit; its sha.
+
+    Only the zoo entry itself is published: a folder built with another architecture or mean/std is refused,
+    and so is one trained with recipe or architecture-size overrides unless ``allow_overrides`` (tiny test runs).
 
     ``token=None`` uses huggingface_hub's lookup (HF_TOKEN or the saved login), ``endpoint=None`` its default.
     Different files already at those paths are refused unless ``overwrite``; if all three are already there
@@ -167,7 +179,7 @@ def publish_target(
     from huggingface_hub import HfApi
     from huggingface_hub.utils import HfHubHTTPError
 
-    up = _read_folder(Path(folder))
+    up = _read_folder(Path(folder), allow_overrides)
     api = HfApi(endpoint=endpoint, token=_check_can_publish(repo_id, token))
     doing = f"publish {up.name} to {repo_id}"
     message = revision_message or f"Add target {up.name} (weights sha256 {up.sha256[:12]})"

@@ -407,14 +407,19 @@ class TargetPins:
                 f"accuracy=(({json.dumps(self.data_sha256)}, {self.accuracy!r}),)),")  # fmt: skip
 
 
-def _check_is_zoo_entry(folder: Path, cfg: SurrogateConfig, allow_overrides: bool) -> TargetSpec:
+def check_is_zoo_entry(
+    folder: Path, cfg: SurrogateConfig, allow_overrides: bool, allow_arch_overrides: bool = False
+) -> TargetSpec:
     name = cfg.metadata.get("target")
     if not isinstance(name, str) or name not in TARGETS:
         raise TargetError(f"{folder}: config.json names no zoo target (metadata.target = {name!r}); train the folder "
                           "with `transferbench targets train NAME`.")  # fmt: skip
     spec = TARGETS.get(name)
-    built = (cfg.architecture, cfg.num_classes, cfg.arch_kwargs, cfg.mean, cfg.std)
-    needed = (spec.architecture, spec.num_classes, spec.arch_kwargs, spec.mean, spec.std)
+    # Pins must match the entry's kwargs exactly (the zoo loads with them); publishing a tiny arch_* variant is
+    # allowed on request (tests), and loading it through the zoo would then fail its strict key check.
+    kwargs_of = (lambda kw: {}) if allow_arch_overrides else (lambda kw: kw)
+    built = (cfg.architecture, cfg.num_classes, kwargs_of(cfg.arch_kwargs), cfg.mean, cfg.std)
+    needed = (spec.architecture, spec.num_classes, kwargs_of(spec.arch_kwargs), spec.mean, spec.std)
     if built != needed:
         raise TargetError(f"{folder} is not the zoo entry {name!r}: it was built as {built} (architecture, classes, "
                           f"kwargs, mean, std), the zoo needs {needed}.")  # fmt: skip
@@ -442,7 +447,7 @@ def target_pins(
 
     path = Path(folder)
     surrogate = load_surrogate(path, device=device)
-    spec = _check_is_zoo_entry(path, surrogate.config, allow_overrides)
+    spec = check_is_zoo_entry(path, surrogate.config, allow_overrides)
     recorded = surrogate.config.metadata.get("weights_sha256")
     if recorded != surrogate.sha256:
         raise TargetError(f"{path / WEIGHTS_NAME} has sha256 {surrogate.sha256}, its config.json records {recorded}: "

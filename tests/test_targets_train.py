@@ -319,12 +319,16 @@ def _published(hub: FakeHub, name: str) -> dict[str, bytes]:
 def test_publish_commits_the_three_files_and_the_zoo_loads_them(hub: FakeHub, trained: dict[str, Path]) -> None:
     folder, name = trained["tb-vgg16-bn"], "tb-vgg16-bn"
     before = hub.head(ZOO_REPO, repo_type="model")
-    sha = publish_target(folder, ZOO_REPO, endpoint=hub.endpoint)
+    sha = publish_target(folder, ZOO_REPO, endpoint=hub.endpoint, allow_overrides=True)
     history = hub.history(ZOO_REPO, repo_type="model")
     assert sha == history[0].sha and history[0].parent == before and name in history[0].message
     assert _published(hub, name) == {f: (folder / f).read_bytes() for f in FILES}
     # Publishing the same folder again commits nothing and answers with the commit that holds it.
-    assert publish_target(folder, ZOO_REPO, endpoint=hub.endpoint) == sha == hub.head(ZOO_REPO, repo_type="model")
+    assert (
+        publish_target(folder, ZOO_REPO, endpoint=hub.endpoint, allow_overrides=True)
+        == sha
+        == hub.head(ZOO_REPO, repo_type="model")
+    )
     # The zoo loader reads the published weights at that revision, sha256-verified (tiny architecture: a stand-in
     # entry with the folder's arch_kwargs).
     sub = load_surrogate(folder)
@@ -342,19 +346,21 @@ def test_publish_refuses_other_content_unless_overwrite(
     hub: FakeHub, trained: dict[str, Path], data: ImageSet, tmp_path: Path
 ) -> None:
     name = "tb-vit-s4"
-    first = publish_target(trained[name], ZOO_REPO, endpoint=hub.endpoint)
+    first = publish_target(trained[name], ZOO_REPO, endpoint=hub.endpoint, allow_overrides=True)
     retrained = train_target(name, data, tmp_path / name, overrides=quick(name, seed=9))
     with pytest.raises(TargetPublishError, match=rf"already holds {name}/model.safetensors.*overwrite=True"):
-        publish_target(retrained, ZOO_REPO, endpoint=hub.endpoint)
+        publish_target(retrained, ZOO_REPO, endpoint=hub.endpoint, allow_overrides=True)
     assert hub.head(ZOO_REPO, repo_type="model") == first
-    second = publish_target(retrained, ZOO_REPO, endpoint=hub.endpoint, overwrite=True, revision_message="Retrain")
+    second = publish_target(
+        retrained, ZOO_REPO, endpoint=hub.endpoint, overwrite=True, revision_message="Retrain", allow_overrides=True
+    )
     assert second != first and hub.history(ZOO_REPO, repo_type="model")[0].message == "Retrain"
     assert _published(hub, name)["model.safetensors"] == _weights(retrained)
 
 
 def test_publish_retries_when_the_branch_moves(hub: FakeHub, trained: dict[str, Path]) -> None:
     hub.commit_before_next_request(ZOO_REPO, {"other/README.md": b"someone else"}, "foreign", repo_type="model")
-    sha = publish_target(trained["tb-wrn-28-10"], ZOO_REPO, endpoint=hub.endpoint)
+    sha = publish_target(trained["tb-wrn-28-10"], ZOO_REPO, endpoint=hub.endpoint, allow_overrides=True)
     files = hub.files(ZOO_REPO, repo_type="model")
     assert sha == hub.head(ZOO_REPO, repo_type="model") and files["other/README.md"] == b"someone else"
     assert "tb-wrn-28-10/model.safetensors" in files
@@ -365,7 +371,7 @@ def test_publish_gives_up_when_the_branch_keeps_moving(hub: FakeHub, trained: di
     for i in range(3):
         hub.commit_before_next_request(ZOO_REPO, {f"other/{i}.md": b"x"}, f"foreign {i}", repo_type="model")
     with pytest.raises(TargetPublishError, match="branch changed under each of 3 attempts"):
-        publish_target(trained["tb-mobilenet-v2"], ZOO_REPO, endpoint=hub.endpoint)
+        publish_target(trained["tb-mobilenet-v2"], ZOO_REPO, endpoint=hub.endpoint, allow_overrides=True)
     assert not any(p.startswith("tb-mobilenet-v2/") for p in hub.files(ZOO_REPO, repo_type="model"))
 
 
@@ -374,28 +380,36 @@ def test_publish_errors_name_the_cause(
 ) -> None:
     folder = trained["tb-resnet50"]
     with pytest.raises(TargetPublishError, match=r"transferbench/nope was not found.*hf repos create"):
-        publish_target(folder, "transferbench/nope", endpoint=hub.endpoint)
+        publish_target(folder, "transferbench/nope", endpoint=hub.endpoint, allow_overrides=True)
     with pytest.raises(TargetPublishError, match="unreachable"):
-        publish_target(folder, ZOO_REPO, endpoint=f"http://127.0.0.1:{_closed_port()}")
+        publish_target(folder, ZOO_REPO, endpoint=f"http://127.0.0.1:{_closed_port()}", allow_overrides=True)
     with pytest.raises(TargetPublishError, match="invalid Hub repo id"):
-        publish_target(folder, "no-owner", endpoint=hub.endpoint)
+        publish_target(folder, "no-owner", endpoint=hub.endpoint, allow_overrides=True)
     n_requests = len(hub.requests)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TargetPublishError, match="HF_HUB_OFFLINE is set"):
-        publish_target(folder, ZOO_REPO, endpoint=hub.endpoint)
+        publish_target(folder, ZOO_REPO, endpoint=hub.endpoint, allow_overrides=True)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(TargetPublishError, match=r"no Hugging Face token.*HF_TOKEN"):
-        publish_target(folder, ZOO_REPO, endpoint=hub.endpoint)
+        publish_target(folder, ZOO_REPO, endpoint=hub.endpoint, allow_overrides=True)
     changed = tmp_path / "changed"
     changed.mkdir()
     for f in FILES:
         (changed / f).write_bytes((folder / f).read_bytes())
     (changed / "model.safetensors").write_bytes(b"not the trained weights")
     with pytest.raises(TargetPublishError, match="changed after training"):
-        publish_target(changed, ZOO_REPO, endpoint=hub.endpoint, token=TOKEN)
+        publish_target(changed, ZOO_REPO, endpoint=hub.endpoint, token=TOKEN, allow_overrides=True)
     with pytest.raises(TargetPublishError, match=r"config\.json not found"):
-        publish_target(tmp_path, ZOO_REPO, endpoint=hub.endpoint, token=TOKEN)
+        publish_target(tmp_path, ZOO_REPO, endpoint=hub.endpoint, token=TOKEN, allow_overrides=True)
+    with pytest.raises(TargetPublishError, match=r"is not the zoo entry 'tb-resnet50'.*\{'width': 4\}"):
+        publish_target(folder, ZOO_REPO, endpoint=hub.endpoint, token=TOKEN)  # a tiny run is not the zoo entry
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["mean"] = [0.5, 0.5, 0.5]
+    (changed / "config.json").write_text(json.dumps(cfg))
+    (changed / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(TargetPublishError, match=r"is not the zoo entry 'tb-resnet50'"):
+        publish_target(changed, ZOO_REPO, endpoint=hub.endpoint, token=TOKEN, allow_overrides=True)
     assert len(hub.requests) == n_requests  # nothing was sent for the refusals above
     assert "tb-resnet50/config.json" not in hub.files(ZOO_REPO, repo_type="model")
 
@@ -403,6 +417,19 @@ def test_publish_errors_name_the_cause(
 def test_publish_needs_a_write_token(hf_env: None, trained: dict[str, Path]) -> None:
     with running_hub(repos=(), model_repos=(ZOO_REPO,), tokens={"hf_writer": "write", "hf_reader": "read"}) as hub:
         with pytest.raises(TargetPublishError, match=r"refused the token \(HTTP 403\).*write access"):
-            publish_target(trained["tb-densenet121"], ZOO_REPO, endpoint=hub.endpoint, token="hf_reader")
-        sha = publish_target(trained["tb-densenet121"], ZOO_REPO, endpoint=hub.endpoint, token="hf_writer")
+            publish_target(
+                trained["tb-densenet121"], ZOO_REPO, endpoint=hub.endpoint, token="hf_reader", allow_overrides=True
+            )
+        sha = publish_target(
+            trained["tb-densenet121"], ZOO_REPO, endpoint=hub.endpoint, token="hf_writer", allow_overrides=True
+        )
         assert sha == hub.head(ZOO_REPO, repo_type="model") and not hub.unknown_routes
+
+
+def test_publish_refuses_recipe_overrides_unless_asked(hub: FakeHub, full_mobilenet: Path) -> None:
+    """A folder of the zoo's architecture trained with other hyperparameters is not the registered target."""
+    with pytest.raises(TargetPublishError, match=r"trained with overrides .*retrain without them"):
+        publish_target(full_mobilenet, ZOO_REPO, endpoint=hub.endpoint, token=TOKEN)
+    assert not any(p.startswith("tb-mobilenet-v2/") for p in hub.files(ZOO_REPO, repo_type="model"))
+    sha = publish_target(full_mobilenet, ZOO_REPO, endpoint=hub.endpoint, token=TOKEN, allow_overrides=True)
+    assert sha == hub.head(ZOO_REPO, repo_type="model")
