@@ -85,6 +85,10 @@ class LabelSpace:
     indices: tuple[int, ...]  # protocol class k is parent class indices[k]
     rule: str = "argmax over the K listed logits of the parent classifier (restricted argmax)"
 
+    def __post_init__(self) -> None:
+        if len(set(self.indices)) != len(self.indices) or not all(0 <= i < self.parent_classes for i in self.indices):
+            raise ValueError(f"label space {self.parent}: indices must be distinct and in [0, {self.parent_classes})")
+
 
 @dataclass(frozen=True)
 class WeightSharpnessSpec:
@@ -95,6 +99,10 @@ class WeightSharpnessSpec:
     tol: float
     probes: int
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.images, self.max_iters, self.probes) < 1 or self.tol <= 0:
+            raise ValueError(f"weight sharpness needs images, max_iters, probes >= 1 and tol > 0, got {self}")
 
 
 OPTIONAL_FIELDS = ("image_preparation", "label_space", "weight_sharpness")
@@ -138,6 +146,9 @@ class Protocol:
             raise ValueError(f"ranking cell {self.ranking_cell!r} is not in the grid of {self.name}")
         if self.ranking_asr not in ASR_DEFINITIONS:
             raise ValueError(f"ranking_asr must be one of {ASR_DEFINITIONS}")
+        if self.label_space is not None and len(self.label_space.indices) != self.num_classes:
+            raise ValueError(f"{self.name}: its label space lists {len(self.label_space.indices)} classes, not "
+                             f"num_classes={self.num_classes}")  # fmt: skip
 
     @property
     def id(self) -> str:

@@ -102,3 +102,16 @@ def test_a_protocol_with_unpinned_targets_is_not_frozen(name: str) -> None:
     p = PROTOCOLS.get(name)
     if p.kind == "benchmark" and unpinned_targets(p.targets):
         assert p.status == "provisional", unpinned_targets(p.targets)
+
+
+def test_optional_fields_are_validated() -> None:
+    from bench.protocol import LabelSpace, WeightSharpnessSpec
+
+    with pytest.raises(ValueError, match="distinct and in"):
+        LabelSpace("imagenet-1k", 1000, (0, 0, 5))
+    with pytest.raises(ValueError, match="distinct and in"):
+        LabelSpace("imagenet-1k", 1000, (0, 1000))
+    with pytest.raises(ValueError, match="probes >= 1"):
+        WeightSharpnessSpec(images=10, max_iters=5, tol=1e-3, probes=0)
+    with pytest.raises(ValueError, match="lists 3 classes, not num_classes=10"):
+        dataclasses.replace(get_protocol("imagenette"), label_space=LabelSpace("imagenet-1k", 1000, (0, 1, 2)))
