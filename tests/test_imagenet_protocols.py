@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from bench.data.imagenette import IMAGENETTE_TO_IMAGENET, IMAGENETTE_WNIDS
+from bench.data.prepare import Preparation
 from bench.hashing import sha256_file
 from bench.metrics.asr import unpack_bits
 from bench.models import build_architecture, build_model
@@ -70,8 +71,11 @@ def weights_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _shrink(name: str, n_images: int) -> object:
+    proto = get_protocol(name)
+    crop = 1.0 if proto.dataset == "imagenet-compatible" else 0.875
     return dataclasses.replace(
-        get_protocol(name), image_ids=tuple(range(n_images)), input_size=(3, SIZE, SIZE), targets=tuple(TINY),
+        proto, image_ids=tuple(range(n_images)), input_size=(3, SIZE, SIZE), targets=tuple(TINY),
+        image_preparation=Preparation(SIZE, crop_fraction=crop).describe(),
         smoothness_images=n_images, similarity_images=n_images, smoothness_iters=3,
         weight_sharpness=WeightSharpnessSpec(images=n_images, max_iters=3, tol=1e-3, probes=2),
     )  # fmt: skip
@@ -142,7 +146,10 @@ def test_imagenet_compatible_end_to_end(tmp_path: Path, weights_mirror: Path) ->
     assert record.targets["tiny-in1k-resnet"]["clean_accuracy"] == 1.0
     assert record.protocol["name"] == "imagenet" and record.data["n_images"] == 12
     cell = record.runs[0]["cells"]["mifgsm/linf-16/untargeted"]
-    assert set(cell["targets"]) == set(TINY) and cell["fooling_rate"]["n"] >= 0
+    surrogate_correct = unpack_bits(record.runs[0]["outcomes"]["clean_correct"], 12)
+    assert set(cell["targets"]) == set(TINY) and cell["fooling_rate"]["n"] == int(surrogate_correct.sum())
+    resnet_rates = cell["targets"]["tiny-in1k-resnet"]["target_correct"]
+    assert resnet_rates["n"] == 12 and 0 <= resnet_rates["k"] <= 12  # every image is one the ResNet gets right
 
 
 def _write_labels(root: Path, ids: list[str], labels: list[int]) -> None:
@@ -153,6 +160,12 @@ def _write_labels(root: Path, ids: list[str], labels: list[int]) -> None:
             {"ImageId": i, "TrueLabel": t, "TargetClass": 1 + (t + 500) % 1000}
             for i, t in zip(ids, labels, strict=True)
         )
+
+
+def test_a_protocol_stating_another_preparation_is_refused(tmp_path: Path) -> None:
+    protocol = dataclasses.replace(_shrink("imagenette", 4), image_preparation="resize to 32, no crop")
+    with pytest.raises(ValueError, match=r"prepared as .*the protocol states 'resize to 32, no crop'"):
+        load_protocol_data(protocol, str(tmp_path))
 
 
 def test_a_ten_class_surrogate_is_refused_by_the_imagenet_protocol(tmp_path: Path, weights_mirror: Path) -> None:
