@@ -103,7 +103,8 @@ _register("tb-wrn-28-10", "Zagoruyko & Komodakis 2016, Sec. 3", dataclasses.repl
 # A ViT from scratch on 50,000 images needs AdamW, warm-up and label smoothing (DeiT, Touvron et al. 2021:
 # AdamW, weight decay 0.05, label smoothing 0.1, warm-up then cosine); lr 1e-3 at batch 128 and 200 epochs as the
 # CIFAR ViT of omihub777/ViT-CIFAR. Warm-up of 10 epochs as seed 002 (Table 11). Crop + flip only: the loop has
-# no RandAugment, so expect a lower accuracy than DeiT-style ViTs with heavy augmentation.
+# no RandAugment, so expect a lower accuracy than DeiT-style ViTs with heavy augmentation. As in DeiT, no weight
+# decay on biases, norm weights, the position embedding and the class token (decay_groups).
 _register("tb-vit-s4", "DeiT (Touvron et al. 2021) optimizer at CIFAR scale; lr/batch/epochs of omihub777/ViT-CIFAR",
           dataclasses.replace(_CNN, lr=1e-3, weight_decay=0.05, warmup_epochs=10, label_smoothing=0.1, seed=107),
           optimizer="adamw")  # fmt: skip
@@ -188,6 +189,16 @@ class BudgetCheckedPerturb:
         return x_adv
 
 
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups as in DeiT (Touvron et al. 2021) and timm: no weight decay on biases, norm weights
+    and what the network lists in ``no_weight_decay()`` (a ViT's position embedding and class token)."""
+    from timm.optim import param_groups_weight_decay
+
+    net = getattr(model, "net", model)
+    skip = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
+    return param_groups_weight_decay(net, weight_decay, no_weight_decay_list=skip)
+
+
 def build_target_parts(
     recipe: TargetRecipe, model: nn.Module, *, steps_per_epoch: int, num_classes: int
 ) -> tuple[TrainParts, BudgetCheckedPerturb | None]:
@@ -195,7 +206,8 @@ def build_target_parts(
     cfg = recipe.config
     parts = build_parts(cfg, model, steps_per_epoch=steps_per_epoch, num_classes=num_classes)
     if recipe.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=recipe.adam_betas, weight_decay=cfg.weight_decay)
+        groups = decay_groups(model, cfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=recipe.adam_betas)
         factor = lr_factor(cfg.schedule, total_steps=cfg.epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
                            warmup_steps=cfg.warmup_epochs * steps_per_epoch, milestones=cfg.lr_milestones,
                            gamma=cfg.lr_gamma)  # fmt: skip

@@ -433,3 +433,19 @@ def test_publish_refuses_recipe_overrides_unless_asked(hub: FakeHub, full_mobile
     assert not any(p.startswith("tb-mobilenet-v2/") for p in hub.files(ZOO_REPO, repo_type="model"))
     sha = publish_target(full_mobilenet, ZOO_REPO, endpoint=hub.endpoint, token=TOKEN, allow_overrides=True)
     assert sha == hub.head(ZOO_REPO, repo_type="model")
+
+
+def test_the_vit_recipe_does_not_decay_norms_biases_or_embeddings() -> None:
+    """DeiT's AdamW setting: weight decay on matrices only; the class token and position embedding are spared."""
+    from bench.models import build_model
+    from targets.train import decay_groups
+
+    model = build_model("timm:vit_small_patch16_224", 10, (0.5,) * 3, (0.5,) * 3, img_size=32, patch_size=4,
+                        depth=1, embed_dim=16, num_heads=2)  # fmt: skip
+    groups = decay_groups(model, 0.05)
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    spared = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"cls_token", "pos_embed", "norm.weight", "head.bias"} <= spared
+    assert {"patch_embed.proj.weight", "head.weight", "blocks.0.attn.qkv.weight"} <= decayed
+    assert decayed.isdisjoint(spared) and len(decayed | spared) == len(names)
