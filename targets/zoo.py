@@ -566,7 +566,14 @@ def copy_into_mirror(src: Path, mirror: Path, relpath: str | None = None) -> Pat
     """
     dest = mirror / (relpath or src.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copy2(src, dest))
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dest)  # a reader never sees half a file under the final name
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
 
 
 __all__ = ["HashMismatch"]

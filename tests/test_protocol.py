@@ -115,3 +115,11 @@ def test_optional_fields_are_validated() -> None:
         WeightSharpnessSpec(images=10, max_iters=5, tol=1e-3, probes=0)
     with pytest.raises(ValueError, match="lists 3 classes, not num_classes=10"):
         dataclasses.replace(get_protocol("imagenette"), label_space=LabelSpace("imagenet-1k", 1000, (0, 1, 2)))
+
+
+def test_imagenet_protocols_use_the_whole_imagenet_zoo() -> None:
+    from bench.protocol import IMAGENET_TARGETS as IN_PROTOCOL
+    from targets.imagenet_zoo import IMAGENET_TARGETS as IN_ZOO
+
+    assert tuple(IN_PROTOCOL) == tuple(IN_ZOO)
+    assert get_protocol("imagenette").targets == get_protocol("imagenet").targets == tuple(IN_ZOO)

@@ -23,8 +23,9 @@ files therefore give the same ids, and (for lossless files) the same content has
 
 **Preparation** (:data:`IMAGENETTE_PREPARATION`): the standard ImageNet evaluation transform, resize the
 shorter side to 256 and center crop 224 (for ``size`` s: shorter side ``floor(s / 0.875)``), PIL bilinear.
-It is the transform under which the ImageNet accuracies of timm and torchvision models are reported, so the
-target zoo's clean accuracy is as published; see :mod:`bench.data.prepare` for the exact arithmetic.
+It is the transform under which torchvision's ImageNet accuracies are reported; timm models evaluated with
+another crop fraction or bicubic resizing (ViT, DeiT, Swin, the Inceptions) score close to, not exactly, their
+published accuracy. See :mod:`bench.data.prepare` for the exact arithmetic.
 """
 
 from __future__ import annotations
