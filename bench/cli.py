@@ -163,7 +163,7 @@ def _evaluate_and_store(args: argparse.Namespace):  # type: ignore[no-untyped-de
     tg = load_targets(names, weights_dir=args.weights_dir, device=device, input_size=protocol.input_size)
     subset = protocol if not args.targets else _with_targets(protocol, names)
     record = evaluate(surrogate, subset, data, tg, device=device, batch_size=args.batch_size, limit=args.limit,
-                      progress=not args.quiet)  # fmt: skip
+                      progress=not args.quiet, precision=args.precision, channels_last=args.channels_last)  # fmt: skip
     return record, LocalStore(args.out).add(record, overwrite=args.overwrite)
 
 
@@ -452,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_train)
 
+    from bench import perf
+
+    s = sub.add_parser("benchmark", help="speed: our attacks vs torchattacks, metrics, whole protocol, bf16 agreement")
+    perf.add_arguments(s)
+    s.set_defaults(func=perf.run)
+
     s = sub.add_parser("leaderboard", help="print the ranked local leaderboard")
     s.add_argument("--protocol", help="only this protocol (name, or name-vN for one version)")
     s.add_argument("--dir", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
@@ -482,7 +488,11 @@ def _evaluate_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--targets", nargs="+", help="evaluate only these targets (the record's protocol hash changes)")
     s.add_argument("--out", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
     s.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
-    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument(
+        "--batch-size", type=positive_int, help="images per batch (default: from free GPU memory; 256 on CPU)"
+    )
+    s.add_argument("--precision", choices=["fp32", "bf16"], help="default: the protocol's (records say if it differs)")
+    s.add_argument("--channels-last", action="store_true", help="channels_last memory layout (a GPU speed option)")
     s.add_argument("--limit", type=positive_int, help="only the first N images of the list (record marked partial)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing record of this surrogate")
     s.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -2,6 +2,11 @@
 
 Each adversarial batch is crafted once on the surrogate and scored on every target. Per-image outcomes
 are kept as bits so every ASR definition (and later paired comparisons) can be recomputed.
+
+Speed and memory (``docs/performance.md``): attack crafting and the classification passes run at the
+evaluation's precision (``bench.precision``: the protocol's, fp32, unless asked otherwise, and then the record
+says so); the curvature and gradient metrics always run in fp32. Batches back off on out-of-memory errors and,
+without an explicit batch size, are sized from the GPU's free memory (``bench.batching``).
 """
 
 from __future__ import annotations
@@ -15,18 +20,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from bench import provenance
 from bench.attacks import attack_cost, run_attack
+from bench.batching import AdaptiveBatch, fit_batch_size
 from bench.checks import check_logits, check_model
-from bench.data import ImageSet, load_cifar10, load_digits_smoke
+from bench.data import ImageSet
+from bench.data.sources import DATASETS, load_dataset_for
 from bench.metrics.asr import Rate, pack_bits, transfer_rates
 from bench.metrics.sharpness import hessian_top_eigenvalue, hessian_trace
 from bench.metrics.similarity import gradient_similarity_many
-from bench.metrics.smoothness import smoothness
+from bench.metrics.smoothness import hessian_vector_product, smoothness
 from bench.models.adapters import RestrictLogits
+from bench.precision import PRECISIONS, ieee_fp32, math_settings, prepare
 from bench.protocol import Cell, Protocol
 from leaderboard.record import Record
 from surrogates.submission import Surrogate
@@ -34,17 +43,24 @@ from targets.zoo import TARGETS, LoadedTarget, check_expected_accuracy
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BATCH_SIZE = 256  # without an explicit size, off CUDA (where free memory is not measured)
+# Cap of the batch size sized from free GPU memory: issue #7 measures a CIFAR ResNet-18 at 1,024 images per
+# batch, where an H100 is busy; larger batches mainly coarsen progress and back-off (docs/performance.md).
+MAX_AUTO_BATCH = 2048
+
 
 class EvaluationError(RuntimeError):
     """The evaluation cannot run as asked; the message says why and what to change."""
 
 
 def load_protocol_data(protocol: Protocol, data_dir: str | None = None) -> ImageSet:
-    if protocol.dataset == "cifar10":
-        return load_cifar10(protocol.split, data_dir)
-    if protocol.dataset == "digits":
-        return load_digits_smoke()
-    raise EvaluationError(f"protocol {protocol.id} uses unknown dataset {protocol.dataset!r}")
+    """The protocol's data set from ``data_dir`` (else its environment variable, else the Hub), at its input size."""
+    if protocol.dataset not in DATASETS:
+        raise EvaluationError(f"protocol {protocol.id} uses unknown dataset {protocol.dataset!r}")
+    size = protocol.input_size[1]
+    return load_dataset_for(
+        protocol.dataset, protocol.split, protocol.image_ids, size, data_dir, preparation=protocol.image_preparation
+    )
 
 
 def select_images(protocol: Protocol, data: ImageSet, limit: int | None) -> ImageSet:
@@ -120,15 +136,23 @@ def balanced_subset(labels: torch.Tensor, n: int, num_classes: int) -> torch.Ten
 
 @dataclass
 class _Batches:
+    """The images of one evaluation and the two adaptive batch sizes it runs them in."""
+
     x: torch.Tensor  # (N, C, H, W) float in [0, 1], CPU
     y: torch.Tensor  # (N,)
     t: torch.Tensor  # (N,) target labels
     ids: torch.Tensor  # (N,)
-    batch_size: int
+    attack: AdaptiveBatch  # crafting and classification passes
+    metric: AdaptiveBatch  # smoothness, similarity, weight sharpness (second derivatives: more memory per image)
+
+    @property
+    def batch_size(self) -> int:
+        """Images per progress step (the initial attack batch size; back-off splits a step, never merges)."""
+        return self.attack.initial
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         for s in range(0, len(self.y), self.batch_size):
-            yield slice(s, s + self.batch_size)
+            yield slice(s, min(s + self.batch_size, len(self.y)))
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
@@ -151,39 +175,48 @@ def _success(pred: torch.Tensor, cell: Cell, y: torch.Tensor, t: torch.Tensor) -
     return pred == t if cell.mode == "targeted" else pred != y
 
 
+def _craft_batch(
+    model: nn.Module, scorers: dict[str, nn.Module], protocol: Protocol, cell: Cell, b: _Batches, sl: slice,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Craft one batch of ``cell`` on the surrogate and score it: success bits (CPU) per model."""
+    x, y, t, ids = b.x[sl].to(device), b.y[sl].to(device), b.t[sl].to(device), b.ids[sl]
+    spec = protocol.attack_spec(cell.attack)
+    goal = t if cell.mode == "targeted" else y
+    x_adv = run_attack(cell.attack, model, x, goal, cell.eps, steps=spec.steps, targeted=cell.mode == "targeted",
+                       ids=ids, seed=protocol.seed, params=spec.kwargs)  # fmt: skip
+    out = {}
+    with torch.no_grad():
+        for name, m in {"surrogate": model, **scorers}.items():
+            logits = m(x_adv)
+            check_logits(name, logits, protocol.num_classes)
+            out[name] = _success(logits.argmax(1), cell, y, t).cpu()
+    return out
+
+
 def _craft_and_score(
     model: nn.Module,
     protocol: Protocol,
     b: _Batches,
-    targets: dict[str, LoadedTarget],
+    scorers: dict[str, nn.Module],
     device: torch.device,
     bar: tqdm,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Success bits per cell and model ('surrogate' + every target)."""
+    """Success bits per cell and model ('surrogate' + every target).
+
+    ``model`` and ``scorers`` are the surrogate and the targets at the evaluation's precision. Each crafted
+    batch backs off on out-of-memory errors (``b.attack``); per-image results do not depend on the batch.
+    """
     cells = protocol.cells()
     bits: dict[str, dict[str, list[torch.Tensor]]] = {c.key: {} for c in cells}
     for sl in b:
-        x, y, t, ids = b.x[sl].to(device), b.y[sl].to(device), b.t[sl].to(device), b.ids[sl]
         for cell in cells:
-            spec = protocol.attack_spec(cell.attack)
-            goal = t if cell.mode == "targeted" else y
-            x_adv = run_attack(
-                cell.attack,
-                model,
-                x,
-                goal,
-                cell.eps,
-                steps=spec.steps,
-                targeted=cell.mode == "targeted",
-                ids=ids,
-                seed=protocol.seed,
-                params=spec.kwargs,
+            parts = b.attack.map(
+                lambda s, cell=cell: _craft_batch(model, scorers, protocol, cell, b, s, device), sl.start, sl.stop
             )
-            with torch.no_grad():
-                scored = {"surrogate": model(x_adv), **{n: tg.model(x_adv) for n, tg in targets.items()}}
-            for name, logits in scored.items():
-                check_logits(name, logits, protocol.num_classes)
-                bits[cell.key].setdefault(name, []).append(_success(logits.argmax(1), cell, y, t).cpu())
+            for part in parts:
+                for name, success in part.items():
+                    bits[cell.key].setdefault(name, []).append(success)
             bar.update(1)
     return {k: {n: torch.cat(v).numpy() for n, v in d.items()} for k, d in bits.items()}
 
@@ -192,16 +225,19 @@ def _run_result(
     name: str,
     sha: str,
     model: nn.Module,
+    fast: nn.Module,
     protocol: Protocol,
     b: _Batches,
     targets: dict[str, LoadedTarget],
+    scorers: dict[str, nn.Module],
     target_correct: dict[str, np.ndarray],
     device: torch.device,
     bar: tqdm,
 ) -> dict[str, Any]:
+    """One run's record entry. ``fast``/``scorers``: at the evaluation's precision; ``model``/``targets``: fp32."""
     check_model(name, model, b.x[: min(8, len(b.y))].to(device), protocol.num_classes)
-    correct = (predictions(name, model, b.x, device, protocol.num_classes, b.batch_size) == b.y).numpy()
-    success = _craft_and_score(model, protocol, b, targets, device, bar)
+    correct = (_predict(name, fast, b, device, protocol) == b.y).numpy()
+    success = _craft_and_score(fast, protocol, b, scorers, device, bar)
     cells: dict[str, Any] = {}
     for cell in protocol.cells():
         key, per_model = cell.key, success[cell.key]
@@ -216,26 +252,19 @@ def _run_result(
             },
         }
     sub = balanced_subset(b.y, protocol.smoothness_images, protocol.num_classes)
-    sm = smoothness(
-        model,
-        b.x[sub],
-        b.y[sub],
-        batch_size=b.batch_size,
-        iters=protocol.smoothness_iters,
-        tol=protocol.smoothness_tol,
-        device=device,
-        ids=b.ids[sub],
-    )
+    sm = b.metric.call(
+        lambda bs: smoothness(model, b.x[sub], b.y[sub], batch_size=bs, iters=protocol.smoothness_iters,
+                              tol=protocol.smoothness_tol, device=device, ids=b.ids[sub]),
+        len(sub),
+    )  # fmt: skip
     sim_sub = balanced_subset(b.y, protocol.similarity_images, protocol.num_classes)
-    sims = gradient_similarity_many(
-        model,
-        {n: t.model for n, t in targets.items()},
-        b.x[sim_sub],
-        b.y[sim_sub],
-        batch_size=b.batch_size,
-        device=device,
-    )
-    ws = weight_sharpness(model, protocol, b.x, b.y, device, b.batch_size)
+    sims = b.metric.call(
+        lambda bs: gradient_similarity_many(model, {n: t.model for n, t in targets.items()}, b.x[sim_sub],
+                                            b.y[sim_sub], batch_size=bs, device=device),
+        len(sim_sub),
+    )  # fmt: skip
+    ws_images = protocol.weight_sharpness.images if protocol.weight_sharpness is not None else None
+    ws = b.metric.call(lambda bs: weight_sharpness(model, protocol, b.x, b.y, device, bs), ws_images)
     return {
         "name": name,
         "sha256": sha,
@@ -259,6 +288,39 @@ def _run_result(
 
 def _finite(v: float) -> float | None:
     return v if np.isfinite(v) else None
+
+
+def _predict(name: str, model: nn.Module, b: _Batches, device: torch.device, protocol: Protocol) -> torch.Tensor:
+    """Clean predictions of ``model`` on every image, in attack batches that back off on out-of-memory errors."""
+    return b.attack.call(lambda bs: predictions(name, model, b.x, device, protocol.num_classes, bs), len(b.y))
+
+
+def _batch_sizes(
+    batch_size: int | None, fast: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[int, int]:
+    """(attack, metric) batch sizes: ``batch_size`` for both, or, when None, what fits the device's free memory.
+
+    The probes do the most memory-hungry work per image of each kind: one gradient evaluation of an attack
+    step at the evaluation's precision, and one fp32 input-Hessian-vector product (double backward).
+    Off CUDA the size is ``DEFAULT_BATCH_SIZE``; either way at most the number of images.
+    """
+    if batch_size is not None:
+        return batch_size, batch_size
+    cap = min(MAX_AUTO_BATCH if device.type == "cuda" else DEFAULT_BATCH_SIZE, len(y))
+
+    def attack_probe(n: int) -> None:
+        xb = x[:n].to(device).requires_grad_(True)
+        loss = F.cross_entropy(fast(xb), y[:n].to(device), reduction="sum")
+        torch.autograd.grad(loss, xb)
+
+    def metric_probe(n: int) -> None:
+        xb = x[:n].to(device)
+        hessian_vector_product(model, xb, y[:n].to(device), torch.ones_like(xb))
+
+    return (
+        fit_batch_size(attack_probe, device, requested=cap, label="attack batches"),
+        fit_batch_size(metric_probe, device, requested=cap, label="metric batches"),
+    )
 
 
 def _classes_of(name: str, target: LoadedTarget, protocol: Protocol) -> int:
@@ -288,12 +350,46 @@ def evaluate(
     targets: dict[str, LoadedTarget],
     *,
     device: str | torch.device = "cpu",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     limit: int | None = None,
     progress: bool = True,
+    precision: str | None = None,
+    channels_last: bool = False,
 ) -> Record:
-    """Run the protocol's whole grid on every run of the surrogate; nothing is written here."""
-    device = torch.device(device)
+    """Run the protocol's whole grid on every run of the surrogate; nothing is written here.
+
+    ``precision``: that of attack crafting and classification passes (``bench.precision``); None means the
+    protocol's. Another precision than the protocol's is allowed (speed, or checking that it changes nothing)
+    and the record says so: ``provenance.precision`` is the one used and ``precision_matches_protocol`` is
+    False. Smoothness, similarity and weight sharpness run in fp32 regardless. The whole evaluation runs with
+    TF32 off (``ieee_fp32``), so fp32 means IEEE float32 on GPUs too.
+    ``batch_size``: images per batch, or None to size batches from the GPU's free memory (off CUDA:
+    ``DEFAULT_BATCH_SIZE``). Either way a batch that runs out of memory is retried at half the size.
+    ``channels_last``: run the models on NHWC tensors (their weights are converted in place).
+    """
+    used = protocol.precision if precision is None else precision
+    if used not in PRECISIONS:
+        raise EvaluationError(f"unknown precision {used!r}; use one of {', '.join(PRECISIONS)}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise EvaluationError(f"batch_size must be a positive int or None (sized from free memory), got {batch_size!r}")
+    with ieee_fp32():
+        return _evaluate(surrogate, protocol, data, targets, device=torch.device(device), batch_size=batch_size,
+                         limit=limit, progress=progress, precision=used, channels_last=channels_last)  # fmt: skip
+
+
+def _evaluate(
+    surrogate: Surrogate,
+    protocol: Protocol,
+    data: ImageSet,
+    targets: dict[str, LoadedTarget],
+    *,
+    device: torch.device,
+    batch_size: int | None,
+    limit: int | None,
+    progress: bool,
+    precision: str,
+    channels_last: bool,
+) -> Record:
     start = time.perf_counter()
     members = [
         adapt_to_protocol(f"surrogate {surrogate.name}", m, surrogate.num_classes, protocol) for m in surrogate.runs
@@ -309,14 +405,20 @@ def evaluate(
         raise EvaluationError(f"{protocol.id} needs targets {missing}; load them with targets.load_targets().")
     images = select_images(protocol, data, limit)
     torch.manual_seed(protocol.seed)  # nothing should draw from it; set so that anything that does is repeatable
+    fast = [prepare(m, precision, channels_last=channels_last) for m in members]
+    scorers = {n: prepare(tg.model, precision, channels_last=channels_last) for n, tg in targets.items()}
+    x, y = images.images(), images.labels
+    attack_bs, metric_bs = _batch_sizes(batch_size, fast[0], members[0], x, y, device)
     b = _Batches(
-        images.images(), images.labels, protocol.target_labels(images.ids, images.labels), images.ids, batch_size
-    )
+        x, y, protocol.target_labels(images.ids, y), images.ids,
+        attack=AdaptiveBatch(attack_bs, device=device, label="attack batches"),
+        metric=AdaptiveBatch(metric_bs, device=device, label="metric batches"),
+    )  # fmt: skip
     target_correct = {}
     target_info = {}
     for n, tg in targets.items():
         check_model(n, tg.model, b.x[: min(8, len(b.y))].to(device), protocol.num_classes)
-        target_correct[n] = (predictions(n, tg.model, b.x, device, protocol.num_classes, b.batch_size) == b.y).numpy()
+        target_correct[n] = (_predict(n, scorers[n], b, device, protocol) == b.y).numpy()
         if limit is None and n in TARGETS:  # the zoo pins accuracy on full image lists only
             check_expected_accuracy(n, images.content_sha256(), float(target_correct[n].mean()))
         target_info[n] = {
@@ -329,9 +431,11 @@ def evaluate(
     total = len(surrogate.runs) * len(b) * len(protocol.cells())
     runs = []
     with tqdm(total=total, desc=f"{surrogate.name} @ {protocol.id}", disable=not progress, unit="batch") as bar:
-        for name, model in zip(surrogate.run_names, members, strict=True):
+        for name, model, fast_model in zip(surrogate.run_names, members, fast, strict=True):
             sha = surrogate.member_sha256.get(name, surrogate.sha256)
-            runs.append(_run_result(name, sha, model, protocol, b, targets, target_correct, device, bar))
+            runs.append(
+                _run_result(name, sha, model, fast_model, protocol, b, targets, scorers, target_correct, device, bar)
+            )
     scores = [score_of(r, protocol) for r in runs]
     return Record(
         submission={
@@ -366,8 +470,15 @@ def evaluate(
             "per_run": scores,
         },
         provenance={
-            **provenance.collect(device, precision=protocol.precision, seed=protocol.seed),
-            "batch_size": batch_size,
+            **provenance.collect(device, precision=precision, seed=protocol.seed),
+            "protocol_precision": protocol.precision,
+            "precision_matches_protocol": precision == protocol.precision,
+            "channels_last": channels_last,
+            "math": math_settings(),
+            "batch_size": b.attack.initial,
+            "metric_batch_size": b.metric.initial,
+            "batch_size_from_memory": batch_size is None,
+            "oom_backoffs": [e.to_json() for e in b.attack.events + b.metric.events],
             "wall_time_s": time.perf_counter() - start,
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },

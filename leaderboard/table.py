@@ -17,7 +17,8 @@ def ranked_table(records: Iterable[Record]) -> pd.DataFrame:
     Rank by ``score`` (the protocol's ranking rule: mean over targets of the ranking ASR in the ranking
     cell). Records are grouped by protocol name, version and hash (``protocol_key``), so a run under a
     modified protocol never ranks beside canonical ones. Rows from partial runs (--limit) rank after
-    full ones; ``weight_eig`` is the top weight-Hessian eigenvalue where the protocol measures it. ``data`` shows the image-content hash so that runs on different copies of a data set
+    full ones; ``weight_eig`` is the top weight-Hessian eigenvalue where the protocol measures it. ``data``
+    shows the image-content hash so that runs on different copies of a data set
     (canonical CIFAR-10 vs the JPEG copy) are visible as such.
     """
     rows = []

@@ -202,7 +202,10 @@ def stored_records(isolated_home: Path) -> list[Record]:
         "schema": "transferbench.record",
         "schema_version": 1,
         "submission": {"name": "x", "kind": "single", "sha256": "0" * 64, "metadata": {"recipe": "ST"}},
-        "protocol": {"name": "smoke-digits", "version": get_protocol("smoke-digits").version, "sha256": get_protocol("smoke-digits").sha256,
+        "protocol": {
+            "name": "smoke-digits",
+            "version": get_protocol("smoke-digits").version,
+            "sha256": get_protocol("smoke-digits").sha256,
                      "kind": "smoke"},
         "data": {"sha256": "d" * 64, "partial": False},
         "targets": {},
