@@ -442,6 +442,7 @@ def _evaluate(
             "name": surrogate.name,
             "kind": surrogate.kind,
             "sha256": surrogate.sha256,
+            "config_sha256": surrogate.config_sha256,
             "members": surrogate.member_sha256,
             "metadata": surrogate.config.metadata,
             "source": surrogate.source,

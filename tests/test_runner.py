@@ -58,6 +58,7 @@ def test_record_is_complete_and_rates_follow_from_the_bits(world) -> None:
     assert set(run["cells"]) == {c.key for c in PROTO.cells()}
     assert rec.data["partial"] is True and rec.data["n_images"] == LIMIT
     assert rec.protocol["sha256"] == PROTO.sha256
+    assert rec.submission["config_sha256"] == load_surrogate(world["folders"]["sur-a"]).config_sha256
     assert 0.5 < run["clean_accuracy"] <= 1.0
     s_correct = unpack_bits(run["outcomes"]["clean_correct"], LIMIT)
     for key, cell in run["cells"].items():
