@@ -66,3 +66,14 @@ def tiny_cifar_model(seed: int = 0, width: int = 8) -> torch.nn.Module:
 def tiny_digits_model(seed: int = 0, arch: str = "small_cnn", **kwargs: object) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_model(arch, 10, (0.5,), (0.5,), **kwargs).eval()
+
+
+def trained_digits_model(seed: int, arch: str = "small_cnn", *, epochs: int, **kwargs: object) -> torch.nn.Module:
+    """``tiny_digits_model`` trained on the digits the smoke protocol does not hold out (every third is held out)."""
+    from bench.data import load_digits_smoke
+    from surrogates.training import TrainConfig, train_classifier
+
+    data = load_digits_smoke()
+    keep = data.ids % 3 != 0
+    model = tiny_digits_model(seed, arch, **kwargs)
+    return train_classifier(model, data.images()[keep], data.labels[keep], TrainConfig(epochs=epochs, seed=seed))

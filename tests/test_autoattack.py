@@ -7,22 +7,18 @@ import dataclasses
 import pytest
 import torch
 import torchattacks
-from conftest import tiny_digits_model
+from conftest import trained_digits_model
 
 from bench.attacks import ATTACKS, LinfBudget, attack_cost, run_attack
 from bench.attacks.external import autoattack
 from bench.data import load_digits_smoke
 from bench.protocol import AttackSpec, get_protocol
-from surrogates.training import TrainConfig, train_classifier
 
 EPS = 32 / 255
 
 
 def _trained(seed: int, arch: str = "small_cnn", **kw: int) -> torch.nn.Module:
-    data = load_digits_smoke()
-    model = tiny_digits_model(seed, arch, **kw)
-    keep = data.ids % 3 != 0  # the smoke protocol holds out every third image
-    return train_classifier(model, data.images()[keep], data.labels[keep], TrainConfig(epochs=20, seed=seed)).eval()
+    return trained_digits_model(seed, arch, epochs=20, **kw)
 
 
 @pytest.fixture(scope="module")

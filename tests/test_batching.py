@@ -8,17 +8,15 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cifar_model
+from conftest import tiny_cifar_model, trained_digits_model
 
 from bench import batching
 from bench.attacks import run_attack
 from bench.batching import AdaptiveBatch, OutOfMemory, batch_size_for, fit_batch_size, is_out_of_memory
 from bench.data import load_digits_smoke
-from bench.models import build_model
 from bench.protocol import WeightSharpnessSpec, get_protocol
 from bench.runner import evaluate
 from surrogates.submission import load_surrogate, save_surrogate
-from surrogates.training import TrainConfig, train_classifier
 from targets.zoo import LoadedTarget
 
 
@@ -174,11 +172,7 @@ def test_cuda_sizing_measures_the_probes_peak_and_the_free_memory(monkeypatch: p
 
 
 def _mlp(seed: int, hidden: int) -> torch.nn.Module:
-    data = load_digits_smoke()
-    keep = torch.tensor([i % 3 != 0 for i in data.ids.tolist()])
-    torch.manual_seed(seed)
-    model = build_model("mlp", 10, (0.5,), (0.5,), hidden=hidden)
-    return train_classifier(model, data.images()[keep], data.labels[keep], TrainConfig(epochs=8, seed=seed))
+    return trained_digits_model(seed, "mlp", epochs=8, hidden=hidden)
 
 
 def test_an_evaluation_that_runs_out_of_memory_backs_off_and_gives_the_same_record(

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import tiny_cifar_model
+from conftest import tiny_cifar_model, trained_digits_model
 
 from bench.attacks import run_attack
 from bench.checks import check_eval_mode
@@ -17,7 +17,6 @@ from bench.precision import AtPrecision, check_precision, ieee_fp32, math_settin
 from bench.protocol import WeightSharpnessSpec, get_protocol
 from bench.runner import EvaluationError, evaluate
 from surrogates.submission import load_surrogate, save_surrogate
-from surrogates.training import TrainConfig, train_classifier
 from targets.zoo import LoadedTarget
 
 EPS = 8 / 255
@@ -128,11 +127,7 @@ def test_ieee_fp32_switches_tf32_off_and_restores_the_settings() -> None:
 
 
 def _mlp(seed: int, hidden: int) -> torch.nn.Module:
-    data = load_digits_smoke()
-    keep = torch.tensor([i % 3 != 0 for i in data.ids.tolist()])
-    torch.manual_seed(seed)
-    model = build_model("mlp", 10, (0.5,), (0.5,), hidden=hidden)
-    return train_classifier(model, data.images()[keep], data.labels[keep], TrainConfig(epochs=8, seed=seed))
+    return trained_digits_model(seed, "mlp", epochs=8, hidden=hidden)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import trained_digits_model
 
 from bench.checks import ModelCheckError
 from bench.cli import main
@@ -18,7 +19,6 @@ from bench.protocol import get_protocol
 from bench.runner import EvaluationError, evaluate
 from leaderboard.store import LocalStore
 from surrogates.submission import load_surrogate, save_group, save_surrogate
-from surrogates.training import TrainConfig, train_classifier
 from targets.zoo import LoadedTarget, load_target
 
 PROTO = get_protocol("smoke-digits")
@@ -26,11 +26,7 @@ LIMIT = 60
 
 
 def _trained(arch: str, seed: int, **kw: object) -> torch.nn.Module:
-    data = load_digits_smoke()
-    keep = torch.tensor([i % 3 != 0 for i in data.ids.tolist()])  # the protocol holds out every third image
-    torch.manual_seed(seed)
-    model = build_model(arch, 10, (0.5,), (0.5,), **kw)
-    return train_classifier(model, data.images()[keep], data.labels[keep], TrainConfig(epochs=15, seed=seed))
+    return trained_digits_model(seed, arch, epochs=15, **kw)
 
 
 @pytest.fixture(scope="module")
