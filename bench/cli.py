@@ -173,6 +173,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     if args.limit or args.targets:
         raise ValueError("a submission runs the whole protocol: drop --limit/--targets (use `evaluate` to try them)")
+    pinned = get_protocol(args.protocol).precision
+    if args.precision not in (None, pinned):
+        raise ValueError(f"a submission runs at the protocol's precision ({pinned}): drop --precision {args.precision} "
+                         "(use `evaluate` to try another)")  # fmt: skip
     record, path = _evaluate_and_store(args)
     print(f"record: {path} (score {100 * record.score['mean']:.2f})")
     cfg = _hub_config(args)
@@ -206,9 +210,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     failed = 0
     for rec in records:
         try:
-            print(f"published {rec.submission_id}: {cfg.url}/commit/{publish(rec, cfg, overwrite=args.overwrite)}")
+            if args.all and rec.deviations:  # the store keeps --limit and other-precision runs; the Hub does not
+                print(f"skipped {rec.file_stem} ({'; '.join(rec.deviations)})")
+                continue
+            print(f"published {rec.file_stem}: {cfg.url}/commit/{publish(rec, cfg, overwrite=args.overwrite)}")
         except AlreadyPublishedError:
-            print(f"skipped {rec.submission_id} (already published)")
+            print(f"skipped {rec.file_stem} (already published)")
         except PublishError as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)
@@ -237,7 +244,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return EXIT_NOT_COMPARABLE
     cells = [a.protocol["ranking_cell"]] if args.ranking_cell_only else None
     code, text = gate(a, b, alpha=args.alpha, min_effect=args.min_effect, asr=args.asr, cells=cells,
-                      all_cells=args.all_cells)  # fmt: skip
+                      all_cells=args.all_cells, allow_precision_mismatch=args.allow_precision_mismatch)  # fmt: skip
     print(text, file=sys.stderr if code == EXIT_NOT_COMPARABLE else sys.stdout)
     return code
 
@@ -424,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--asr", choices=["target_correct", "both_correct", "all"], help="default: the protocol's")
     s.add_argument("--ranking-cell-only", action="store_true", help="compare the ranking cell only")
     s.add_argument("--all-cells", action="store_true", help="print every cell, not only the significant ones")
+    s.add_argument(
+        "--allow-precision-mismatch",
+        action="store_true",
+        help="compare records computed in different precisions (to measure what bf16 changes)",
+    )
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("plots", help="ASR vs eps, ASR vs smoothness/similarity (Pearson r, OLS R^2), heatmap")

@@ -96,6 +96,9 @@ def entry_bibtex(record: Record) -> str:
         f"data sha256 {record.data['sha256']}" + (" (partial run)" if record.data.get("partial") else ""),
         f"surrogate sha256 {sub['sha256']}",
     ]
+    if record.off_protocol_precision:
+        note.append(f"computed in {bib_escape(record.provenance.get('precision', ''))}, not the protocol's "
+                    f"{bib_escape(record.provenance.get('protocol_precision', ''))}")  # fmt: skip
     if meta.get("recipe"):
         note.insert(0, f"Recipe: {bib_escape(meta['recipe'])}")
     if meta.get("paper"):

@@ -34,6 +34,7 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -93,6 +94,8 @@ class Comparison:
     seed: int
     runs_a: int
     runs_b: int
+    precision_a: str
+    precision_b: str
     score_a: float
     score_b: float
     ranking_cell: str
@@ -109,7 +112,8 @@ class Comparison:
         lines = [
             f"Paired comparison  A = {self.a}  vs  B = {self.b}",
             f"protocol {self.protocol} (sha256 {self.protocol_sha256}), data sha256 {self.data_sha256}, "
-            f"{self.n_images} images; runs A {self.runs_a}, B {self.runs_b}",
+            f"{self.n_images} images; runs A {self.runs_a}, B {self.runs_b}; precision A {self.precision_a}, "
+            f"B {self.precision_b}",
             f"score ({self.ranking_cell}, mean {self.asr} ASR over targets): A {100 * self.score_a:.2f}%  "
             f"B {100 * self.score_b:.2f}%  (B - A {100 * (self.score_b - self.score_a):+.2f} pp)",
             f"method: diff = B - A of the {self.asr} ASR on paired images; 95% CI by paired bootstrap over images "
@@ -204,8 +208,9 @@ def paired_bootstrap_ci(
 # --- pairing -------------------------------------------------------------------------------------------------------
 
 
-def check_comparable(a: Record, b: Record) -> None:
-    """Raise :class:`ComparisonError` unless A and B share the protocol hash, the data hash and the target weights."""
+def check_comparable(a: Record, b: Record, *, allow_precision_mismatch: bool = False) -> None:
+    """Raise :class:`ComparisonError` unless A and B share the protocol hash, the data hash, the target weights
+    and the numeric precision (the last unless ``allow_precision_mismatch``: a deliberate fp32-vs-bf16 check)."""
     if a.protocol["sha256"] != b.protocol["sha256"]:
         raise ComparisonError(
             f"A ({a.submission['name']}) was evaluated under {protocol_key(a.protocol)} (sha256 "
@@ -223,6 +228,13 @@ def check_comparable(a: Record, b: Record) -> None:
     if not isinstance(a.data.get("n_images"), int) or a.data["n_images"] < 1:
         raise ComparisonError(f"data.n_images of the records is {a.data.get('n_images')!r}, not a positive integer; "
                               "the records are damaged or too old: re-evaluate them.")  # fmt: skip
+    pa, pb = a.provenance.get("precision"), b.provenance.get("precision")
+    if pa != pb and not allow_precision_mismatch:
+        raise ComparisonError(
+            f"A ({a.submission['name']}) ran in {pa} and B ({b.submission['name']}) in {pb}; a difference between them "
+            "would mix the surrogates' effect with the precision's. Evaluate both at the protocol's precision, or pass "
+            "--allow-precision-mismatch to measure what the precision changes."
+        )
     for t in sorted(set(a.targets) & set(b.targets)):
         if a.targets[t].get("sha256") != b.targets[t].get("sha256"):
             raise ComparisonError(
@@ -273,12 +285,14 @@ def compare(
     cells: Sequence[str] | None = None,
     n_boot: int = 10_000,
     seed: int = 0,
+    allow_precision_mismatch: bool = False,
 ) -> Comparison:
     """Paired comparison of B against A (see the module docstring for the method).
 
     ``asr`` defaults to the protocol's ranking definition; ``cells`` restricts the comparison (and the Holm
     family) to some cell keys, e.g. ``[record.protocol["ranking_cell"]]``. ``min_effect`` is a fraction
-    (0.02 = 2 percentage points).
+    (0.02 = 2 percentage points). Records of different precisions are refused unless
+    ``allow_precision_mismatch``.
     """
     if not 0 < alpha < 1:
         raise ComparisonError(f"alpha must be in (0, 1), got {alpha}")
@@ -286,7 +300,7 @@ def compare(
         raise ComparisonError(f"min_effect is a non-negative fraction (0.02 = 2 points), got {min_effect}")
     if n_boot < 100:
         raise ComparisonError(f"n_boot={n_boot} is too few bootstrap resamples for a 95% interval; use 1000 or more")
-    check_comparable(a, b)
+    check_comparable(a, b, allow_precision_mismatch=allow_precision_mismatch)
     asr = asr or a.protocol.get("ranking_asr", "target_correct")
     if asr not in ASR_DEFINITIONS:
         raise ComparisonError(f"unknown ASR definition {asr!r}; use one of {', '.join(ASR_DEFINITIONS)}")
@@ -345,10 +359,11 @@ def compare(
     return Comparison(
         a=_label(a), b=_label(b), protocol=protocol_key(a.protocol), protocol_sha256=a.protocol["sha256"],
         data_sha256=a.data["sha256"], n_images=n, asr=asr, alpha=alpha, min_effect=min_effect, n_boot=n_boot,
-        seed=seed, runs_a=len(a.runs), runs_b=len(b.runs), score_a=float(a.score["mean"]),
+        seed=seed, runs_a=len(a.runs), runs_b=len(b.runs), precision_a=str(a.provenance.get("precision")),
+        precision_b=str(b.provenance.get("precision")), score_a=float(a.score["mean"]),
         score_b=float(b.score["mean"]), ranking_cell=ranking_cell, cells=df, regressions=diffs(df["regression"]),
         improvements=diffs(df["improvement"]),
-    )  # fmt: skip
+)  # fmt: skip
 
 
 def _label(r: Record) -> str:
@@ -360,19 +375,13 @@ def exit_code(comparison: Comparison) -> int:
     return EXIT_REGRESSION if comparison.regressions else EXIT_OK
 
 
-def gate(
-    a: Record,
-    b: Record,
-    *,
-    alpha: float = 0.05,
-    min_effect: float = 0.0,
-    asr: str | None = None,
-    cells: Sequence[str] | None = None,
-    all_cells: bool = False,
-) -> tuple[int, str]:
-    """What ``transferbench compare A B`` prints and returns: (0 | 1 | 2, report); 2 = cannot be compared."""
+def gate(a: Record, b: Record, *, all_cells: bool = False, **options: Any) -> tuple[int, str]:
+    """What ``transferbench compare A B`` prints and returns: (0 | 1 | 2, report); 2 = cannot be compared.
+
+    ``options`` are :func:`compare`'s keywords; ``all_cells`` lists every cell in the report.
+    """
     try:
-        result = compare(a, b, alpha=alpha, min_effect=min_effect, asr=asr, cells=cells)
+        result = compare(a, b, **options)
     except ComparisonError as e:
         return EXIT_NOT_COMPARABLE, f"error: {e}"
     return exit_code(result), result.format(all_cells=all_cells)

@@ -33,7 +33,7 @@ from bench.metrics.asr import wilson
 from bench.protocol import ASR_DEFINITIONS
 from leaderboard.record import Record
 from leaderboard.store import protocol_key
-from leaderboard.table import ranked_table
+from leaderboard.table import ranked_precision, ranked_table
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ TABLES = ("ranked", "long", "wide")
 _CELL = re.compile(r"(?P<attack>[^/]+)/linf-(?P<eps>\d+)/(?P<mode>[^/]+)")
 
 LONG_COLUMNS = [
-    "protocol", "protocol_sha256", "protocol_kind", "data_sha256", "partial", "surrogate", "surrogate_sha256",
-    "recipe", "type", "run", "summary", "cell", "attack", "eps_255", "mode", "target", "asr", "k", "n", "rate",
-    "lo", "hi",
+    "protocol", "protocol_sha256", "protocol_kind", "data_sha256", "partial", "precision", "surrogate",
+    "surrogate_sha256", "recipe", "type", "run", "summary", "cell", "attack", "eps_255", "mode", "target", "asr",
+    "k", "n", "rate", "lo", "hi",
 ]  # fmt: skip
 
 
@@ -121,6 +121,7 @@ def long_table(records: Iterable[Record]) -> pd.DataFrame:
             "protocol_kind": r.protocol.get("kind", ""),
             "data_sha256": r.data["sha256"],
             "partial": bool(r.data.get("partial", False)),
+            "precision": ranked_precision(r),
             "surrogate": r.submission["name"],
             "surrogate_sha256": r.submission["sha256"],
             "recipe": str(r.submission.get("metadata", {}).get("recipe", "")),
@@ -153,14 +154,16 @@ def long_table(records: Iterable[Record]) -> pd.DataFrame:
                 })  # fmt: skip
     df = pd.DataFrame(rows, columns=LONG_COLUMNS)
     if not df.empty:
-        df = df.sort_values(["protocol", "surrogate", "surrogate_sha256", "partial", "run", "attack", "eps_255",
-                             "mode", "target", "asr"], kind="stable").reset_index(drop=True)  # fmt: skip
+        df = df.sort_values(["protocol", "surrogate", "surrogate_sha256", "partial", "precision", "run", "attack",
+                             "eps_255", "mode", "target", "asr"], kind="stable").reset_index(drop=True)  # fmt: skip
     return _attach(df, records, "every ASR cell (rates as fractions, 95% Wilson intervals)", 4)
 
 
 def surrogate_labels(records: Sequence[Record]) -> list[str]:
-    """A display name per record, unique within its protocol: the name, plus the sha12 and/or 'partial' if needed."""
-    labels = [str(r.submission["name"]) + (" (partial)" if r.data.get("partial") else "") for r in records]
+    """A display name per record, unique within its protocol: the name, plus 'partial', the precision when it is
+    not the protocol's, and the sha12 if still needed."""
+    labels = [str(r.submission["name"]) + (" (partial)" if r.data.get("partial") else "")
+              + (f" ({r.provenance['precision']})" if r.off_protocol_precision else "") for r in records]  # fmt: skip
     keys = [protocol_key(r.protocol) for r in records]
     seen: dict[tuple[str, str], int] = {}
     for k, lab in zip(keys, labels, strict=True):
@@ -172,8 +175,8 @@ def surrogate_labels(records: Sequence[Record]) -> list[str]:
 
 
 def ranking_order(records: Iterable[Record]) -> list[Record]:
-    """Records in leaderboard order: by protocol key, full runs before partial ones, best score first."""
-    return sorted(records, key=lambda r: (protocol_key(r.protocol), bool(r.data.get("partial")), -r.score["mean"]))
+    """Records in leaderboard order: by protocol key, canonical runs before deviating ones, best score first."""
+    return sorted(records, key=lambda r: (protocol_key(r.protocol), bool(r.deviations), -r.score["mean"]))
 
 
 def wide_table(
@@ -200,10 +203,11 @@ def wide_table(
         attacks = sorted({parse_cell(c)[0] for r in records for c in r.runs[0]["cells"]})
         raise ExportError(f"no cells for attack {attack!r} in mode {mode!r}; the records have attacks {attacks} "
                           "and modes untargeted/targeted.")  # fmt: skip
-    label_of = {(protocol_key(r.protocol), r.submission["sha256"], r.data["sha256"]): lab
+    label_of = {(protocol_key(r.protocol), r.submission["sha256"], r.data["sha256"], ranked_precision(r)): lab
                 for r, lab in zip(records, labels, strict=True)}  # fmt: skip
+    keys = zip(long["protocol"], long["surrogate_sha256"], long["data_sha256"], long["precision"], strict=True)
     long = long.assign(
-        label=[label_of[k] for k in zip(long["protocol"], long["surrogate_sha256"], long["data_sha256"], strict=True)],
+        label=[label_of[k] for k in keys],
         value=100 * long["rate"],
     )
     wide = long.pivot_table(index=["protocol", "label"], columns=["eps_255", "target"], values="value",

@@ -134,7 +134,7 @@ def require_config(cfg: HubConfig | None = None) -> HubConfig:
 
 def record_path(record: Record) -> str:
     """Where ``record`` lives in the repo: ``records/<protocol key>/<submission id>.json`` (the local layout)."""
-    key, name = protocol_key(record.protocol), record.submission_id
+    key, name = protocol_key(record.protocol), record.file_stem
     for part in (key, name):
         if not _SAFE_SEGMENT.fullmatch(part):
             raise RecordError(
@@ -273,7 +273,8 @@ def _validated_bytes(record: Record) -> bytes:
 def publish(record: Record, cfg: HubConfig, *, overwrite: bool = False) -> str:
     """Add ``record`` to the Hub leaderboard in one commit and return that commit's sha.
 
-    The record's path must be free at the branch head (same surrogate + same protocol = duplicate) unless
+    A record that departs from its protocol (``Record.deviations``: a --limit run, another precision) is
+    refused. The record's path must be free at the branch head (same surrogate + same protocol = duplicate) unless
     ``overwrite``; a byte-identical file is always refused as already published. The commit names the head it
     was checked against (``parent_commit``), so a concurrent commit makes the Hub reject ours instead of
     overwriting anything; we then re-read the head, re-check and retry, at most ``MAX_ATTEMPTS`` times.
@@ -283,6 +284,11 @@ def publish(record: Record, cfg: HubConfig, *, overwrite: bool = False) -> str:
 
     cfg = require_config(cfg)
     data = _validated_bytes(record)
+    if record.deviations:
+        raise PublishError(
+            f"refusing to publish {record.file_stem}: {'; '.join(record.deviations)}. The Hub leaderboard holds only "
+            "runs of the whole protocol at its precision; evaluate again without --limit and --precision."
+        )
     try:
         path = record_path(record)
     except RecordError as e:

@@ -32,7 +32,7 @@ import pandas as pd
 import bench
 from leaderboard.record import Record
 from leaderboard.store import atomic_write_text, protocol_key
-from leaderboard.table import ranked_table
+from leaderboard.table import ranked_precision, ranked_table
 
 _HF = re.compile(r"hf://(?P<owner>[A-Za-z0-9][\w.-]*)/(?P<repo>[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^\s]+))?")
 
@@ -195,7 +195,11 @@ def _provenance(r: Record) -> list[tuple[str, str]]:
         ("python / torch", f"{_e(p.get('python', ''))} / {_e(p.get('torch', ''))}"),
         ("CUDA / cuDNN", f"{_e(p.get('cuda') or 'none')} / {_e(p.get('cudnn') or 'none')}"),
         ("device", _e(p.get("device", ""))),
-        ("precision", _e(p.get("precision", ""))),
+        (
+            "precision",
+            _e(p.get("precision", ""))
+            + (f" (the protocol pins {_e(p.get('protocol_precision', ''))})" if r.off_protocol_precision else ""),
+        ),
         ("seed", _e(p.get("seed", ""))),
         ("batch size", _e(p.get("batch_size", ""))),
         ("wall time", f"{float(wall):.1f} s" if isinstance(wall, (int, float)) else "n/a"),
@@ -208,15 +212,27 @@ def _provenance(r: Record) -> list[tuple[str, str]]:
 def _row(row: pd.Series, r: Record) -> str:
     smoke = r.protocol.get("kind") == "smoke"
     partial = bool(r.data.get("partial"))
-    search = " ".join(str(x) for x in (r.submission["name"], row["recipe"], row["type"], r.submission["sha256"],
-                                       r.submission.get("source", ""), "smoke" if smoke else "",
-                                       "partial" if partial else "")).lower()  # fmt: skip
+    off = r.off_protocol_precision
+    words = (
+        r.submission["name"],
+        row["recipe"],
+        row["type"],
+        r.submission["sha256"],
+        r.submission.get("source", ""),
+        "smoke" if smoke else "",
+        "partial" if partial else "",
+        r.provenance["precision"] if off else "",
+    )
+    search = " ".join(str(x) for x in words).lower()
     cells = []
     for col, _, numeric, _, decimals in COLUMNS:
         if col == "surrogate":
-            badges = ('<span class="badge smoke">SMOKE</span>' if smoke else "") + (
-                '<span class="badge partial">partial</span>' if partial else ""
-            )
+            badges = (
+                ('<span class="badge smoke">SMOKE</span>' if smoke else "")
+                + ('<span class="badge partial">partial</span>' if partial else "")
+                + (f'<span class="badge partial" title="not the protocol\'s precision">{_e(r.provenance["precision"])}'
+                   "</span>" if off else "")
+            )  # fmt: skip
             dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in _provenance(r))
             cells.append(f'<td data-value="{_e(r.submission["name"])}"><details><summary>'
                          f'<span class="name">{_e(r.submission["name"])}</span>{badges}</summary><dl>{dl}</dl>'
@@ -230,7 +246,7 @@ def _row(row: pd.Series, r: Record) -> str:
             text = "" if pd.isna(row[col]) else str(row[col])
             shown = f"<code>{_e(text)}</code>" if col in ("data", "sha256") else _e(text)
             cells.append(f'<td data-value="{_e(text)}">{shown}</td>')
-    cls = " ".join(c for c in ("smoke" if smoke else "", "partial" if partial else "") if c)
+    cls = " ".join(c for c in ("smoke" if smoke else "", "partial" if partial or off else "") if c)
     attrs = f' class="{cls}"' if cls else ""
     return f'<tr{attrs} data-search="{_e(search)}">' + "".join(cells) + "</tr>"
 
@@ -248,11 +264,12 @@ def _section(key: str, df: pd.DataFrame, recs: list[Record]) -> str:
     )
     pool: dict[tuple[Any, ...], list[Record]] = {}
     for r in recs:
-        k = (r.submission["name"], r.submission["sha256"][:12], r.data["sha256"][:10], bool(r.data.get("partial")))
+        k = (r.submission["name"], r.submission["sha256"][:12], r.data["sha256"][:10], bool(r.data.get("partial")),
+             ranked_precision(r))  # fmt: skip
         pool.setdefault(k, []).append(r)
     rows = []
     for _, row in df.iterrows():
-        r = pool[(row["surrogate"], row["sha256"], row["data"], bool(row["partial"]))].pop(0)
+        r = pool[(row["surrogate"], row["sha256"], row["data"], bool(row["partial"]), row["precision"])].pop(0)
         rows.append(_row(row, r))
     return (
         f'<section class="protocol" data-protocol="{_e(key)}">'

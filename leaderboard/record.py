@@ -52,6 +52,37 @@ class Record:
         slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(self.submission["name"])).strip("-")
         return f"{slug or 'surrogate'}-{self.submission['sha256'][:12]}"
 
+    @property
+    def off_protocol_precision(self) -> bool:
+        """True when the run used another numeric precision than its protocol pins (``--precision``)."""
+        return self.provenance.get("precision_matches_protocol") is False
+
+    @property
+    def deviations(self) -> list[str]:
+        """How this run departs from its protocol, in words (empty for a canonical run).
+
+        A partial run (``--limit``) and a run at another precision than the protocol's are kept and shown, but
+        never rank beside canonical runs, never replace them in a store, and are not published.
+        """
+        out = []
+        if self.data.get("partial"):
+            out.append(f"partial: {self.data.get('n_images')} images (--limit run)")
+        if self.off_protocol_precision:
+            out.append(f"precision {self.provenance.get('precision')} (the protocol pins "
+                       f"{self.provenance.get('protocol_precision')})")  # fmt: skip
+        return out
+
+    @property
+    def file_stem(self) -> str:
+        """The record's file name without ``.json``: ``submission_id``, plus a suffix per deviation, so a
+        partial or other-precision run is stored beside the canonical record of the same surrogate, not over it."""
+        stem = self.submission_id
+        if self.data.get("partial"):
+            stem += f".limit{self.data.get('n_images')}"
+        if self.off_protocol_precision:
+            stem += f".{self.provenance.get('precision')}"
+        return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+
     def to_json(self) -> dict[str, Any]:
         d = self._body()
         d["integrity"] = {"sha256": self.content_sha256()}

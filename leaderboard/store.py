@@ -71,7 +71,7 @@ class LocalStore:
         self.root = Path(root) if root is not None else paths.leaderboard_dir()
 
     def path_for(self, record: Record) -> Path:
-        return self.root / protocol_key(record.protocol) / f"{record.submission_id}.json"
+        return self.root / protocol_key(record.protocol) / f"{record.file_stem}.json"
 
     def add(self, record: Record, *, overwrite: bool = False) -> Path:
         """Store a record. The same surrogate under the same protocol is a duplicate unless ``overwrite``."""

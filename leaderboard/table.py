@@ -11,15 +11,21 @@ from leaderboard.record import Record
 from leaderboard.store import protocol_key
 
 
+def ranked_precision(r: Record) -> str:
+    """The precision a run used, with ``*`` when it is not the one its protocol pins."""
+    return str(r.provenance["precision"]) + ("*" if r.off_protocol_precision else "")
+
+
 def ranked_table(records: Iterable[Record]) -> pd.DataFrame:
     """One row per record, best first within each protocol.
 
     Rank by ``score`` (the protocol's ranking rule: mean over targets of the ranking ASR in the ranking
     cell). Records are grouped by protocol name, version and hash (``protocol_key``), so a run under a
-    modified protocol never ranks beside canonical ones. Rows from partial runs (--limit) rank after
-    full ones; ``weight_eig`` is the top weight-Hessian eigenvalue where the protocol measures it. ``data``
-    shows the image-content hash so that runs on different copies of a data set
-    (canonical CIFAR-10 vs the JPEG copy) are visible as such.
+    modified protocol never ranks beside canonical ones. Rows from partial runs (--limit) and from runs at
+    another precision than the protocol's (``precision`` ends in ``*``) rank after canonical ones.
+    ``weight_eig`` is the top weight-Hessian eigenvalue where the protocol measures it. ``data`` shows the
+    image-content hash so that runs on different copies of a data set (canonical CIFAR-10 vs the JPEG copy)
+    are visible as such.
     """
     rows = []
     for r in records:
@@ -40,13 +46,16 @@ def ranked_table(records: Iterable[Record]) -> pd.DataFrame:
             "similarity": sum(sims) / len(sims) if sims else math.nan,
             "weight_eig": run0.get("weight_sharpness", {}).get("top_eigenvalue", math.nan),
             "partial": bool(r.data.get("partial", False)),
+            "precision": ranked_precision(r),
             "data": r.data["sha256"][:10],
             "sha256": r.submission["sha256"][:12],
         })  # fmt: skip
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df = df.sort_values(["protocol", "partial", "score"], ascending=[True, True, False]).reset_index(drop=True)
+    df["_deviates"] = df["partial"] | df["precision"].str.endswith("*")
+    df = df.sort_values(["protocol", "_deviates", "score"], ascending=[True, True, False], kind="stable")
+    df = df.drop(columns="_deviates").reset_index(drop=True)
     df.insert(0, "rank", df.groupby("protocol").cumcount() + 1)
     return df
 
@@ -62,8 +71,10 @@ def format_table(df: pd.DataFrame) -> str:
         for col in shown.columns:
             if col in ("score", "score_std", "clean_acc", "smoothness", "similarity", "weight_eig"):
                 shown[col] = [f"{v:.2f}" if v is not None and not pd.isna(v) else "" for v in shown[col]]
+        note = ("\n* not the protocol's precision (--precision): shown, ranked after runs at the protocol's"
+                if sub["precision"].str.endswith("*").any() else "")  # fmt: skip
         blocks.append(
             f"== {proto}{label} (score = mean transfer ASR %, ranking cell of the protocol) ==\n"
-            + shown.to_string(index=False)
+            + shown.to_string(index=False) + note
         )  # fmt: skip
     return "\n\n".join(blocks)

@@ -107,3 +107,41 @@ def test_unknown_options_are_refused_outside_train() -> None:
     with pytest.raises(SystemExit) as e:
         main(["protocols", "--bogus"])
     assert e.value.code == 2
+
+
+def test_compare_refuses_mixed_precisions_unless_allowed(tmp_path: Path) -> None:
+    fp32 = make_record("sur-a")
+    bf16 = make_record("sur-b")
+    bf16.provenance.update(precision="bf16", protocol_precision="fp32", precision_matches_protocol=False)
+    a, b = _stored(tmp_path, fp32, bf16)
+    assert b.name.endswith(".bf16.json")
+    assert main(["compare", str(a), str(b)]) == 2
+    assert main(["compare", str(a), str(b), "--allow-precision-mismatch"]) == 0
+
+
+def test_deviating_runs_stay_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    bf16 = make_record("sur-a")
+    bf16.provenance.update(precision="bf16", protocol_precision="fp32", precision_matches_protocol=False)
+    canonical, other, partial = _stored(tmp_path, make_record("sur-a"), bf16, make_record("sur-b", partial=True))
+    with running_hub() as hub:
+        hub_args = ["--repo", REPO, "--endpoint", hub.endpoint]
+        assert main(["publish", str(other), *hub_args]) == 1  # named explicitly: refused with the reason
+        assert "precision bf16 (the protocol pins fp32)" in capsys.readouterr().err
+        assert main(["publish", str(partial), *hub_args]) == 1
+        assert "--limit" in capsys.readouterr().err
+        assert main(["publish", "--all", "--dir", str(tmp_path / "board"), *hub_args]) == 0  # skips them
+        out = capsys.readouterr().out
+        assert out.count("skipped") == 2 and out.count("published") == 1
+        fresh = tmp_path / "fresh"
+        assert main(["pull", "--dir", str(fresh), *hub_args]) == 0
+    pulled = list(fresh.rglob("*.json"))
+    assert len(pulled) == 1 and pulled[0].read_bytes() == canonical.read_bytes()
+
+
+def test_submit_refuses_another_precision_before_evaluating(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", str(tmp_path / "never-read"), "--protocol", "smoke-digits", "--precision", "bf16"]) == 1
+    assert "protocol's precision (fp32)" in capsys.readouterr().err

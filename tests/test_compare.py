@@ -227,3 +227,17 @@ def test_format_lists_method_and_verdict(pair: tuple[Record, Record]) -> None:
     assert "exact McNemar" in text and "bootstrap" in text and "Holm" in text
     assert PROTO.sha256 in text and "REGRESSION (exit 1)" in text
     assert text.count(PROTO.ranking_cell) >= len(PROTO.targets)
+
+
+def test_records_of_different_precisions_are_compared_only_when_asked(pair: tuple[Record, Record]) -> None:
+    a, b = pair
+    b16 = copy.deepcopy(b)
+    b16.provenance.update(precision="bf16", protocol_precision="fp32", precision_matches_protocol=False)
+    with pytest.raises(ComparisonError, match=r"fp32 and B \(worse\) in bf16.*--allow-precision-mismatch"):
+        compare(a, b16)
+    code, text = gate(a, b16)
+    assert code == EXIT_NOT_COMPARABLE and "precision" in text
+    result = compare(a, b16, allow_precision_mismatch=True)
+    assert (result.precision_a, result.precision_b) == ("fp32", "bf16")
+    assert "precision A fp32, B bf16" in result.format()
+    assert result.cells.equals(compare(a, b).cells)  # the bits are the same: only the refusal differs
