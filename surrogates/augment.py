@@ -185,19 +185,28 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 class AdversarialExamples:
     """PGD inner maximization of adversarial training (Madry et al. 2018; seed 002, Eq. 1).
 
-    ``max_{||delta|| <= eps} CE(f(x + delta), y)`` by ``steps`` steps of size ``step_size`` from delta = 0:
-    L2 steps along the per-image normalized gradient, L-inf steps along its sign; after each step delta is
-    projected onto the eps-ball and x + delta onto [0, 1] (which only shrinks delta, so the budget holds).
-    The model is in eval mode meanwhile, so BatchNorm statistics are not updated by the attack iterates.
+    ``max_{||delta|| <= eps} CE(f(x + delta), y)`` by ``steps`` steps of size ``step_size``: L2 steps along
+    the per-image normalized gradient, L-inf steps along its sign; after each step delta is projected onto the
+    eps-ball and x + delta onto [0, 1] (which only shrinks delta, so the budget holds). The model is in eval
+    mode meanwhile, so BatchNorm statistics are not updated by the attack iterates.
+
+    Start: delta = 0, or with ``random_start`` a point drawn uniformly from the eps-ball (Madry et al. 2018,
+    Sec. 5: uniform in the L-inf cube; for L2, uniform in the ball: a Gaussian direction with radius
+    eps * u^(1/d), d pixels per image), then projected so that x + delta lies in [0, 1]. The noise is drawn
+    on the CPU from ``gen`` (the run's perturbation stream), like every random draw of a recipe, so a CPU
+    and a GPU run start from the same points.
     """
 
     norm: Literal["l2", "linf"]
     eps: float
     steps: int = 10
     step_size: float = 0.0
+    random_start: bool = False
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        delta = torch.zeros_like(x)
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator | None = None
+    ) -> torch.Tensor:
+        delta = self.start(x, gen)
         with eval_mode(model), torch.enable_grad():
             for _ in range(self.steps):
                 delta.requires_grad_(True)
@@ -205,6 +214,21 @@ class AdversarialExamples:
                 (grad,) = torch.autograd.grad(loss, delta)
                 delta = self._project(x, delta.detach() + self.step_size * self._direction(grad))
         return (x + delta).detach()
+
+    def start(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """The initial delta: zeros, or a uniform point of the eps-ball (drawn from ``gen``) kept in [0, 1]."""
+        if not self.random_start:
+            return torch.zeros_like(x)
+        if gen is None:
+            raise ValueError("AdversarialExamples(random_start=True) needs a torch.Generator for its start points")
+        if self.norm == "linf":
+            noise = (2 * torch.rand(x.shape, generator=gen) - 1) * self.eps
+        else:
+            direction = torch.randn(x.shape, generator=gen)
+            direction /= direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            radius = self.eps * torch.rand(len(x), generator=gen) ** (1.0 / x[0].numel())
+            noise = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+        return self._project(x, noise.to(device=x.device, dtype=x.dtype))
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":

@@ -91,6 +91,7 @@ class RecipeConfig:
     at_eps: float = 0.0  # budget on [0, 1] images; seed 002 default 0.03 (L2)
     at_steps: int = 10  # Table 11: 10 PGD steps
     at_step_frac: float = 0.25  # Table 11: step size 0.25 * eps
+    at_random_start: bool = False  # PGD from a uniform point of the eps-ball (Madry et al. 2018); seed 002 is silent
     # Gradient penalties, seed 002 Sec. 4.1 (regularizers.py).
     lambda_ir: float = 0.0  # IR: lambda * mean ||grad_x CE||^2
     lambda_jr: float = 0.0  # JR: lambda * mean ||d logits / dx||_F^2
@@ -283,7 +284,8 @@ def build_parts(cfg: RecipeConfig, model: nn.Module, *, steps_per_epoch: int, nu
                       cfg.cutmix_p, cfg.cutmix_alpha)  # fmt: skip
     perturb = None
     if cfg.at_norm != "none":
-        perturb = AdversarialExamples(cfg.at_norm, cfg.at_eps, cfg.at_steps, cfg.at_step_frac * cfg.at_eps)  # type: ignore[arg-type]
+        perturb = AdversarialExamples(cfg.at_norm, cfg.at_eps, cfg.at_steps, cfg.at_step_frac * cfg.at_eps,  # type: ignore[arg-type]
+                                      cfg.at_random_start)  # fmt: skip
     objective = Objective(cfg.label_smoothing, cfg.lambda_ir, cfg.lambda_jr, cfg.jr_projections, cfg.lambda_er)
     return TrainParts(opt, objective, torch.optim.lr_scheduler.LambdaLR(stepped, factor),
                       augment if augment != Augment(num_classes) else None, perturb)  # fmt: skip

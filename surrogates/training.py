@@ -9,10 +9,10 @@ The loop (:func:`fit`) knows nothing about recipes. A recipe is a choice of part
 * ``scheduler``: a learning-rate schedule stepped after every batch.
 
 Data are tensors already on the training device (x in [0, 1], (N, C, H, W); y int64 (N,)); batches are
-gathered there, so a GPU run never waits for a host loader. Randomness comes from three CPU generators
-derived from one seed (data order, augmentation, regularizer projections), so the random draws do not depend
-on the device. Nothing is synchronised with the host inside an epoch: the running loss and accuracy stay on
-the device until the epoch ends.
+gathered there, so a GPU run never waits for a host loader. Randomness comes from four CPU generators
+derived from one seed (data order, augmentation, regularizer projections, adversarial-training start points),
+so the random draws do not depend on the device. Nothing is synchronised with the host inside an epoch: the
+running loss and accuracy stay on the device until the epoch ends.
 
 :func:`train_classifier` with :class:`TrainConfig` is the small ST/IR trainer of ``transferbench demo``;
 it is the same loop with SGD + cosine and reproduces its earlier results bit for bit.
@@ -39,8 +39,8 @@ from surrogates.sam import SAM, frozen_bn_stats
 
 log = logging.getLogger(__name__)
 
-Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, targets) -> x'
-STREAM_AUGMENT, STREAM_REGULARIZER = 1, 2  # generator streams derived from the run's seed
+Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]  # (model, x, t, gen) -> x'
+STREAM_AUGMENT, STREAM_REGULARIZER, STREAM_PERTURB = 1, 2, 3  # generator streams derived from the run's seed
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class _Generators:
     data: torch.Generator
     augment: torch.Generator
     regularizer: torch.Generator
+    perturb: torch.Generator
 
 
 def derived_generator(seed: int, stream: int) -> torch.Generator:
@@ -98,6 +99,7 @@ def _generators(seed: int) -> _Generators:
         torch.Generator().manual_seed(seed),
         derived_generator(seed, STREAM_AUGMENT),
         derived_generator(seed, STREAM_REGULARIZER),
+        derived_generator(seed, STREAM_PERTURB),
     )
 
 
@@ -154,7 +156,7 @@ def _run_epoch(
             xb, tb = parts.augment(xb, yb, gens.augment)
         if parts.perturb is not None:
             with autocast_context(x.device, bf16):
-                xb = parts.perturb(model, xb, tb)
+                xb = parts.perturb(model, xb, tb, gens.perturb)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         loss, logits = _update(model, parts, xb, tb, gens.regularizer, bf16)

@@ -111,10 +111,10 @@ _register("tb-vit-s4", "DeiT (Touvron et al. 2021) optimizer at CIFAR scale; lr/
 # Madry et al. 2018 PGD adversarial training at L-inf 8/255, 10 steps of 2/255 (at_step_frac 0.25), with the
 # schedule of Pang et al. 2021 (Bag of tricks, Sec. 3): 110 epochs, lr 0.1 divided by 10 at epochs 100 and 105,
 # weight decay 5e-4, batch 128; stopping soon after the first decay avoids robust overfitting (Rice et al. 2020).
-# The inner maximization starts at delta = 0 (surrogates.augment.AdversarialExamples), not at a random point.
+# The inner maximization starts at a uniform point of the L-inf ball, as Madry et al. (Sec. 5) and Pang et al. do.
 _register("tb-resnet18-at8", "Madry et al. 2018 PGD-10 AT at 8/255; schedule of Pang et al. 2021", dataclasses.replace(
     _CNN, epochs=110, schedule="step", lr_milestones=(100, 105), lr_gamma=0.1, at_norm="linf", at_eps=8 / 255,
-    at_steps=10, at_step_frac=0.25, seed=108))  # fmt: skip
+    at_steps=10, at_step_frac=0.25, at_random_start=True, seed=108))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -176,8 +176,8 @@ class BudgetCheckedPerturb:
         self.perturb, self.norm, self.eps = perturb, norm, eps
         self.batches, self.largest = 0, 0.0
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x_adv = self.perturb(model, x, targets)
+    def __call__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x_adv = self.perturb(model, x, targets, gen)
         delta = (x_adv - x).flatten(1)
         size = float((delta.abs().amax(1) if self.norm == "linf" else delta.norm(dim=1)).max())
         if self.norm == "linf":

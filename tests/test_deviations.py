@@ -18,7 +18,8 @@ from leaderboard.table import format_table, ranked_table
 def at_precision(rec: Record, precision: str, *, score: float | None = None) -> Record:
     """A copy of ``rec`` as if evaluated with ``--precision precision`` under an fp32 protocol."""
     out = copy.deepcopy(rec)
-    out.provenance.update(precision=precision, protocol_precision="fp32", precision_matches_protocol=precision == "fp32")
+    matches = precision == "fp32"
+    out.provenance.update(precision=precision, protocol_precision="fp32", precision_matches_protocol=matches)
     if score is not None:
         out.score["mean"] = score
     return out

@@ -382,6 +382,39 @@ def test_at_examples_stay_in_budget_and_increase_the_loss(norm: str, eps: float,
 # --- schedules, early stopping, LGV ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 8 / 255), ("l2", 0.5)])
+def test_random_start_is_uniform_in_the_ball_seeded_and_kept_in_range(norm: str, eps: float) -> None:
+    x = 0.2 + 0.6 * torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # far from 0 and 1
+    attack = AdversarialExamples(norm, eps, steps=1, step_size=0.25 * eps, random_start=True)  # type: ignore[arg-type]
+    delta = attack.start(x, torch.Generator().manual_seed(1))
+    assert torch.equal(delta, attack.start(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(delta, attack.start(x, torch.Generator().manual_seed(2)))
+    flat = delta.flatten(1)
+    if norm == "linf":  # uniform on [-eps, eps]: mean 0, mean |u| = eps / 2, every value inside the cube
+        assert float(flat.abs().max()) <= eps and abs(float(flat.mean())) < 0.02 * eps
+        assert abs(float(flat.abs().mean()) - eps / 2) < 0.02 * eps
+    else:  # uniform in the 64-dimensional ball: P(radius < 0.9 eps) = 0.9^64 ~ 0.1%; isotropic directions
+        radius = flat.norm(dim=1)
+        assert float(radius.max()) <= eps * (1 + 1e-6) and float((radius < 0.9 * eps).float().mean()) < 0.02
+        assert float((flat / radius[:, None]).mean(0).norm()) < 0.2  # |mean of 256 unit vectors| ~ 1/16
+    edge = torch.zeros(4, 1, 8, 8)  # at 0 half of the start is clipped away: x + delta stays in [0, 1]
+    assert float((edge + attack.start(edge, torch.Generator().manual_seed(3))).min()) >= 0
+    assert torch.equal(AdversarialExamples(norm, eps).start(x, None), torch.zeros_like(x))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"needs a torch\.Generator"):
+        attack.start(x, None)
+
+
+def test_at_with_random_start_trains_seeded_and_differs_from_a_zero_start(digits: ImageSet, tmp_path: Path) -> None:
+    runs = {
+        name: train_quick("at-linf", digits, tmp_path / name, at_random_start=start, at_steps=2)
+        for name, start in (("zero", False), ("random", True), ("random-again", True))
+    }
+    weights = {k: (v / "model.safetensors").read_bytes() for k, v in runs.items()}
+    assert weights["random"] == weights["random-again"] and weights["random"] != weights["zero"]
+    meta = load_surrogate(runs["random"]).config.metadata
+    assert meta["hyperparameters"]["at_random_start"] is True
+
+
 def test_lr_factors() -> None:
     cos = lr_factor("cosine", total_steps=100, steps_per_epoch=10, warmup_steps=20)
     assert cos(0) == pytest.approx(1 / 20) and cos(19) == 1.0 and cos(20) == 1.0

@@ -98,6 +98,7 @@ def test_every_family_target_has_one_recipe() -> None:
     assert all(r.precision == "fp32" and r.source for r in recipes)
     at = TARGET_RECIPES.get("tb-resnet18-at8").config
     assert (at.at_norm, at.at_eps, at.at_steps, at.at_step_frac * at.at_eps) == ("linf", 8 / 255, 10, 2 / 255)
+    assert at.at_random_start  # Madry et al. 2018 and Pang et al. 2021 start PGD at a random point
     assert (at.epochs, at.lr_milestones, at.lr_gamma) == (110, (100, 105), 0.1)
     wrn = TARGET_RECIPES.get("tb-wrn-28-10").config
     assert wrn.nesterov and (wrn.lr_milestones, wrn.lr_gamma, wrn.epochs) == ((60, 120, 160), 0.2, 200)
@@ -196,12 +197,13 @@ def test_adversarial_training_batches_are_checked_and_in_budget(trained: dict[st
 def test_budget_check_passes_in_budget_batches_and_raises_outside(norm: str, eps: float) -> None:
     x = torch.rand(4, 3, 8, 8)
     step = torch.full_like(x, eps) if norm == "linf" else torch.full_like(x, eps / math.sqrt(x[0].numel()))
-    inside = BudgetCheckedPerturb(lambda m, xx, t: (xx + 0.99 * step).clamp(0, 1), norm, eps)
-    assert torch.equal(inside(torch.nn.Identity(), x, torch.zeros(4)), (x + 0.99 * step).clamp(0, 1))
+    inside = BudgetCheckedPerturb(lambda m, xx, t, g: (xx + 0.99 * step).clamp(0, 1), norm, eps)
+    gen = torch.Generator()
+    assert torch.equal(inside(torch.nn.Identity(), x, torch.zeros(4), gen), (x + 0.99 * step).clamp(0, 1))
     assert inside.batches == 1 and 0 < inside.largest <= eps
-    outside = BudgetCheckedPerturb(lambda m, xx, t: xx + 2 * step, norm, eps)
+    outside = BudgetCheckedPerturb(lambda m, xx, t, g: xx + 2 * step, norm, eps)
     with pytest.raises(BudgetViolation):
-        outside(torch.nn.Identity(), x, torch.zeros(4))
+        outside(torch.nn.Identity(), x, torch.zeros(4), gen)
     assert outside.batches == 0
 
 
