@@ -13,6 +13,8 @@ import hashlib
 import logging
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -488,6 +490,8 @@ def test_imagenet_entry_matches_the_installed_timm(name: str) -> None:
         assert describe_source(spec).startswith(f"hf://{src.repo_id}/{src.filename}")
         return
     assert spec.timm_name in timm.list_pretrained(f"{arch}.*")
+    # the entry is data; this is the installed timm's view of the same weights, field by field
+    assert spec == timm_target(name, spec.timm_name, family=spec.family, citation=spec.citation, notes=spec.notes)
     cfg = get_pretrained_cfg(spec.timm_name)
     assert spec.mean == tuple(cfg.mean) and spec.std == tuple(cfg.std)
     assert spec.input_size == tuple(cfg.input_size) and spec.interpolation == cfg.interpolation
@@ -552,3 +556,10 @@ def test_model_repos_on_the_test_hub(hub: FakeHub, tmp_path: Path) -> None:
     assert hub.files("org/new-zoo", repo_type="model")["resnet/model.safetensors"] == b"w2"
     assert [c.message for c in hub.history("org/new-zoo", repo_type="model")] == ["v2", "zoo v1", "initial commit"]
     assert api.model_info("org/new-zoo", revision=first.oid).sha == first.oid
+
+
+def test_the_zoo_and_the_cli_do_not_import_timm_until_a_model_is_built() -> None:
+    """Start-up cost: timm (and torchvision) take over a second to import; listing protocols needs neither."""
+    code = "import sys, bench.cli, targets; sys.exit(sorted({'timm', 'torchvision'} & set(sys.modules)) or 0)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
