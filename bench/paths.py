@@ -23,9 +23,17 @@ def weights_cache() -> Path:
     return home() / "weights"
 
 
+OFFLINE_VARS = ("TRANSFERBENCH_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def offline_var() -> str | None:
+    """The first of ``OFFLINE_VARS`` that is set to a true value, if any."""
+    return next((v for v in OFFLINE_VARS if env_flag(v)), None)
+
+
 def offline() -> bool:
     """True when downloads are forbidden (air-gapped sites): TRANSFERBENCH_OFFLINE or HF_HUB_OFFLINE."""
-    return any(env_flag(v) for v in ("TRANSFERBENCH_OFFLINE", "HF_HUB_OFFLINE"))
+    return offline_var() is not None
 
 
 def env_flag(name: str) -> bool:

@@ -20,7 +20,6 @@ Hub-compatible endpoint (else ``HF_ENDPOINT`` / huggingface.co), and the token i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from bench.hubclient import REPO_ID, http_status, network_errors, offline_var, same_content
 from leaderboard.record import Record, RecordError
 from leaderboard.store import LocalStore, atomic_write_text, protocol_key
 
@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 RECORDS_DIR = "records"
 ENV_REPO = "TRANSFERBENCH_HUB_REPO"
 ENV_ENDPOINT = "TRANSFERBENCH_HUB_ENDPOINT"
-_OFFLINE_VARS = ("TRANSFERBENCH_OFFLINE", "HF_HUB_OFFLINE")
-_TRUE = ("1", "true", "yes", "on")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _SAFE_SEGMENT = re.compile(r"[\w-][\w.-]*")  # one path segment; never "", ".", ".." or hidden
 MAX_ATTEMPTS = 3  # commits tried per publish when the branch keeps moving
 _BACKOFF_S = 0.2  # base pause between attempts (doubled each time, with jitter)
@@ -79,7 +76,7 @@ class HubConfig:
     token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.repo_id, str) or not _REPO_ID.fullmatch(self.repo_id):
+        if not isinstance(self.repo_id, str) or not REPO_ID.fullmatch(self.repo_id):
             raise HubError(
                 f"invalid Hub repo id {self.repo_id!r}: expected 'owner/name' of a dataset repo "
                 f"(set {ENV_REPO}=owner/name)."
@@ -144,51 +141,6 @@ def record_path(record: Record) -> str:
     return f"{RECORDS_DIR}/{key}/{name}.json"
 
 
-def _git_blob_oid(data: bytes) -> str:
-    """The git object id of a file's content: what the Hub reports as ``oid`` for a regular (non-LFS) file."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
-def _same_content(remote: Any, data: bytes) -> bool:
-    """Whether a Hub ``RepoFile`` holds exactly ``data`` (LFS files by sha256, regular files by git oid)."""
-    lfs = getattr(remote, "lfs", None)
-    if lfs is not None:
-        return str(getattr(lfs, "sha256", "")) == hashlib.sha256(data).hexdigest()
-    return str(getattr(remote, "blob_id", "")) == _git_blob_oid(data)
-
-
-def _offline_var() -> str | None:
-    """The variable that forbids network use (read now, not at import time as huggingface_hub does), if any."""
-    from huggingface_hub import constants
-
-    for var in _OFFLINE_VARS:
-        if os.environ.get(var, "").strip().lower() in _TRUE:
-            return var
-    return "HF_HUB_OFFLINE" if getattr(constants, "HF_HUB_OFFLINE", False) else None
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Transport-level exception types of whichever HTTP client this huggingface_hub uses."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, name in (
-        ("httpx2", "TransportError"),
-        ("httpx", "TransportError"),
-        ("requests", "ConnectionError"),
-        ("requests", "Timeout"),
-    ):
-        try:
-            errors.append(getattr(__import__(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
-
-
-def _status(e: BaseException) -> int | None:
-    response = getattr(e, "response", None)
-    code = getattr(response, "status_code", None)
-    return code if isinstance(code, int) else None
-
-
 def _explain(e: BaseException, cfg: HubConfig, doing: str) -> str:
     """One message per failure kind, naming the repo/endpoint and what to do about it."""
     from huggingface_hub.utils import (
@@ -206,7 +158,7 @@ def _explain(e: BaseException, cfg: HubConfig, doing: str) -> str:
             f"{repo}, or keep using the local store."
         )
     cause = e.__cause__ if isinstance(e, LocalEntryNotFoundError) and e.__cause__ is not None else e
-    if isinstance(cause, _network_errors()):
+    if isinstance(cause, network_errors()):
         return (
             f"cannot {doing}: the Hub endpoint {endpoint} is unreachable ({type(cause).__name__}: {cause}). Check the "
             f"network, or set {ENV_ENDPOINT} to a reachable Hub mirror; to work offline, keep using the local store "
@@ -217,7 +169,7 @@ def _explain(e: BaseException, cfg: HubConfig, doing: str) -> str:
             f"cannot {doing}: branch {cfg.revision!r} does not exist in dataset repo {repo} at {endpoint}; "
             "create it on the Hub or use the repo's default branch 'main'."
         )
-    status = _status(e)
+    status = http_status(e)
     if isinstance(e, RepositoryNotFoundError):  # the Hub answers the same for a missing and a private repo
         return (
             f"cannot {doing}: dataset repo {repo} was not found at {endpoint}, or it is private and the token cannot "
@@ -295,7 +247,7 @@ def publish(record: Record, cfg: HubConfig, *, overwrite: bool = False) -> str:
         raise PublishError(f"refusing to publish: {e}") from e
     key, sid = protocol_key(record.protocol), record.submission_id
     where = f"{cfg.repo_id}@{cfg.revision}"
-    if var := _offline_var():
+    if var := offline_var():
         raise PublishError(
             f"refusing to publish {sid} to {where}: {var} is set, so no network access is allowed. Unset {var} to "
             "publish; the record stays in the local store meanwhile."
@@ -314,7 +266,7 @@ def publish(record: Record, cfg: HubConfig, *, overwrite: bool = False) -> str:
         if remote is not None:
             if not hasattr(remote, "blob_id"):
                 raise PublishError(f"{where} has a folder at {path}; move it away before publishing {sid}.")
-            if _same_content(remote, data):
+            if same_content(remote, data):
                 raise AlreadyPublishedError(
                     f"{sid} is already published: {path} in {where} is byte-identical (commit {head[:12]}); "
                     "nothing to do."
@@ -338,7 +290,7 @@ def publish(record: Record, cfg: HubConfig, *, overwrite: bool = False) -> str:
                 parent_commit=head,
             )
         except HfHubHTTPError as e:
-            if _status(e) in (409, 412) and attempt < MAX_ATTEMPTS:
+            if http_status(e) in (409, 412) and attempt < MAX_ATTEMPTS:
                 pause = _BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
                 log.warning(
                     "%s moved while publishing %s (attempt %d/%d, HTTP %s); re-checking in %.1fs",
@@ -346,12 +298,12 @@ def publish(record: Record, cfg: HubConfig, *, overwrite: bool = False) -> str:
                     sid,
                     attempt,
                     MAX_ATTEMPTS,
-                    _status(e),
+                    http_status(e),
                     pause,
                 )
                 time.sleep(pause)
                 continue
-            if _status(e) in (409, 412):
+            if http_status(e) in (409, 412):
                 raise PublishError(
                     f"could not publish {sid} to {where}: the branch changed under each of {MAX_ATTEMPTS} attempts "
                     "(other publishers are committing); nothing was written, run it again."
@@ -430,7 +382,7 @@ def pull(cfg: HubConfig, store: LocalStore) -> PullReport:
 
     cfg = require_config(cfg)
     where = f"{cfg.repo_id}@{cfg.revision}"
-    if var := _offline_var():
+    if var := offline_var():
         raise PullError(f"cannot pull {where}: {var} is set, so no network access is allowed; unset it to pull.")
     api = _api(cfg)
     with tempfile.TemporaryDirectory(prefix="transferbench-pull-") as tmp:

@@ -208,8 +208,9 @@ _register("lgv", "Gubri et al. 2022 (LGV); seed 002 Sec. 5.2", "ensemble of K ch
 # Configuration from overrides (library dicts or CLI strings).
 
 
-def _coerce(name: str, kind: str, value: Any) -> Any:
-    """Convert an override (possibly a CLI string) to the field's type, or explain what was expected."""
+def coerce_override(name: str, kind: str, value: Any) -> Any:
+    """Convert an override of field ``name`` (possibly a CLI string) to the field's type ``kind`` (its annotation
+    as a string: ``bool``, ``int``, ``float``, ``str``, ``tuple[int, ...]``), or explain what was expected."""
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -241,7 +242,7 @@ def configure(recipe_name: str, overrides: Mapping[str, Any] | None = None) -> R
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ValueError(f"unknown hyperparameter {raw_key!r} for recipe {recipe_name!r}.{hint}")
         try:
-            changes[key] = _coerce(key, fields[key], value)
+            changes[key] = coerce_override(key, fields[key], value)
         except (TypeError, ValueError) as e:
             raise ValueError(f"recipe {recipe_name!r}: bad value for {key}: {e}") from None
     return dataclasses.replace(base, **changes)

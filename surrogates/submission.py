@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -312,7 +312,12 @@ def _model_card(cfg: SurrogateConfig, name: str) -> str:
     return "\n".join(lines)
 
 
-def _atomic_dir(out: Path, fill: Any, overwrite: bool) -> Path:
+def atomic_folder(out: Path, fill: Callable[[Path], None], overwrite: bool) -> Path:
+    """Write a folder all at once: ``fill`` writes into a temporary sibling, which then replaces ``out``.
+
+    An existing ``out`` is refused unless ``overwrite``; if ``fill`` fails, ``out`` is left as it was and the
+    temporary folder is removed, so a reader never sees a half-written submission.
+    """
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) or choose another folder.")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -356,7 +361,7 @@ def save_surrogate(
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
         (tmp / "README.md").write_text(_model_card(cfg, name))
 
-    return _atomic_dir(Path(out), fill, overwrite)
+    return atomic_folder(Path(out), fill, overwrite)
 
 
 def save_group(
@@ -383,4 +388,4 @@ def save_group(
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
         (tmp / "README.md").write_text(_model_card(cfg, name))
 
-    return _atomic_dir(Path(out), fill, overwrite)
+    return atomic_folder(Path(out), fill, overwrite)

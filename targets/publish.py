@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.hashing import sha256_file
-from leaderboard.hub import _network_errors, _offline_var, _same_content, _status
+from bench.hubclient import REPO_ID, http_status, network_errors, offline_var, same_content
 from surrogates.submission import CONFIG_NAME, WEIGHTS_NAME, SubmissionError, read_config
 from targets.zoo import TargetError
 
@@ -32,7 +32,6 @@ MAX_ATTEMPTS = 3  # commits tried when the branch keeps moving
 _BACKOFF_S = 0.2  # base pause between attempts (doubled each time, with jitter)
 _TIMEOUT_S = 30.0  # the first request; an unreachable endpoint fails fast and clearly
 _NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 class TargetPublishError(RuntimeError):
@@ -76,7 +75,7 @@ def _read_folder(folder: Path, allow_overrides: bool) -> _Upload:
 def _explain(e: BaseException, repo_id: str, endpoint: str, doing: str) -> str:
     from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-    network = _network_errors()
+    network = network_errors()
     if isinstance(e, network) or isinstance(e.__cause__, network):
         return (
             f"cannot {doing}: the Hub endpoint {endpoint} is unreachable ({type(e).__name__}: {e}). Check the network."
@@ -86,7 +85,7 @@ def _explain(e: BaseException, repo_id: str, endpoint: str, doing: str) -> str:
     if isinstance(e, RepositoryNotFoundError):
         return (f"cannot {doing}: model repo {repo_id} was not found at {endpoint}, or the token cannot read it. "
                 f"Create it (`hf repos create {repo_id}`) or use a token with access.")  # fmt: skip
-    status = _status(e)
+    status = http_status(e)
     if status in (401, 403):
         return (f"cannot {doing}: {endpoint} refused the token (HTTP {status}). Use a token with write access to "
                 f"{repo_id} (HF_TOKEN, `hf auth login`, or token=...).")  # fmt: skip
@@ -112,7 +111,7 @@ def _conflicts(api: Any, up: _Upload, repo_id: str, head: str) -> tuple[list[str
             continue
         if not hasattr(entry, "blob_id"):
             raise TargetPublishError(f"{repo_id}@{head[:12]} has a folder at {path}; move it away first.")
-        (same if _same_content(entry, data) else differ).append(path)
+        (same if same_content(entry, data) else differ).append(path)
     return differ, same
 
 
@@ -128,9 +127,9 @@ def _commit(api: Any, up: _Upload, repo_id: str, branch: str, head: str, message
 def _check_can_publish(repo_id: str, token: str | None) -> str:
     from huggingface_hub import get_token
 
-    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
+    if not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id):
         raise TargetPublishError(f"invalid Hub repo id {repo_id!r}: expected 'owner/name' of a model repo.")
-    if var := _offline_var():
+    if var := offline_var():
         raise TargetPublishError(f"refusing to publish to {repo_id}: {var} is set, so no network access is allowed.")
     token = token or get_token()
     if not token:
@@ -189,7 +188,7 @@ def publish_target(
         except TargetPublishError:
             raise
         except HfHubHTTPError as e:
-            moved = _status(e) in (409, 412)
+            moved = http_status(e) in (409, 412)
             if moved and attempt < MAX_ATTEMPTS:
                 log.warning("%s@%s moved while publishing %s (attempt %d/%d); re-checking", repo_id, branch, up.name,
                             attempt, MAX_ATTEMPTS)  # fmt: skip

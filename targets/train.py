@@ -37,8 +37,8 @@ from bench.data import ImageSet
 from bench.hashing import sha256_file
 from bench.provenance import collect
 from bench.registry import Registry
-from surrogates.recipes import ModelSpec, RecipeConfig, _coerce, build_parts
-from surrogates.submission import CONFIG_NAME, WEIGHTS_NAME, SurrogateConfig, _atomic_dir, load_surrogate
+from surrogates.recipes import ModelSpec, RecipeConfig, build_parts, coerce_override
+from surrogates.submission import CONFIG_NAME, WEIGHTS_NAME, SurrogateConfig, atomic_folder, load_surrogate
 from surrogates.training import EpochLog, Perturb, TrainParts, evaluate_accuracy, fit, lr_factor
 from targets.cifar10_family import FAMILY_TARGETS  # registers the family targets
 from targets.zoo import TARGETS, TargetError, TargetSpec
@@ -149,7 +149,7 @@ def configure_target(name: str, overrides: Mapping[str, Any] | None = None) -> t
             optimizer = str(value)
         elif key in fields:
             try:
-                changes[key] = _coerce(key, fields[key], value)
+                changes[key] = coerce_override(key, fields[key], value)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"target {name!r}: bad value for {key}: {e}") from None
         else:
@@ -355,7 +355,7 @@ def write_target_folder(
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
         (tmp / CARD_NAME).write_text(model_card(cfg))
 
-    return _atomic_dir(out, fill, overwrite)
+    return atomic_folder(out, fill, overwrite)
 
 
 def train_target(
