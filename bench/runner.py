@@ -66,8 +66,9 @@ def load_protocol_data(protocol: Protocol, data_dir: str | None = None) -> Image
 def select_images(protocol: Protocol, data: ImageSet, limit: int | None) -> ImageSet:
     """The protocol's image list in protocol order; with ``limit``, its class-balanced prefix.
 
-    A partial run takes the first ceil(limit / K) images of every class in list order (then the first
-    ``limit`` of those), so that it stays representative even when a mirror stores a split sorted by class.
+    A partial run takes the class-balanced prefix of :func:`balanced_subset` (the first ceil(limit / K) images
+    of every class in list order, filled up in list order where classes run short), so that it stays
+    representative even when a mirror stores a split sorted by class.
     """
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be a positive number of images, got {limit}")
@@ -128,10 +129,22 @@ def weight_sharpness(
 
 
 def balanced_subset(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
-    """First ceil(n/K) images of each class in list order (the smoothness/similarity subset rule)."""
+    """Indices (sorted) of ``min(n, len(labels))`` images: the subset rule of metrics and partial runs.
+
+    The first ceil(n/K) images of each class in list order, then the first ``n`` of those in list order. Where
+    classes hold too few images for that (uneven lists, e.g. 1,000 images over 1,000 ImageNet classes), the
+    earliest images not yet taken fill the subset up to ``n``; on a list with enough images per class the
+    fill-up never happens and the rule is plain class balancing.
+    """
     per_class = -(-n // num_classes)
     picks = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)]
-    return torch.sort(torch.cat(picks)).values[:n]
+    chosen = torch.sort(torch.cat(picks)).values[:n]
+    short = min(n, len(labels)) - len(chosen)
+    if short > 0:
+        free = torch.ones(len(labels), dtype=torch.bool)
+        free[chosen] = False
+        chosen = torch.sort(torch.cat([chosen, torch.nonzero(free).flatten()[:short]])).values
+    return chosen
 
 
 @dataclass

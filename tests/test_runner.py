@@ -206,3 +206,19 @@ def test_a_parent_label_space_model_is_read_on_the_protocol_classes(world) -> No
         adapt_to_protocol("parent", Parent(), 20, PROTO)
     with pytest.raises(EvaluationError, match=r"accepts 10 or 20 \(toy-20\)"):
         adapt_to_protocol("odd", base, 7, proto)
+
+
+def test_balanced_subset_balances_classes_and_fills_up_uneven_lists() -> None:
+    from bench.runner import balanced_subset
+
+    even = torch.arange(40) % 4  # 10 images of each of 4 classes, interleaved
+    assert balanced_subset(even, 8, 4).tolist() == list(range(8))  # 2 per class: the first 8 of the list
+    by_class = torch.arange(40) // 10  # the same list sorted by class: still 2 per class
+    assert balanced_subset(by_class, 8, 4).tolist() == [0, 1, 10, 11, 20, 21, 30, 31]
+    # 1,000 classes but 6 images, two of class 7: one per class leaves 5, the earliest unused image fills up
+    uneven = torch.tensor([7, 3, 7, 900, 5, 1])
+    assert balanced_subset(uneven, 6, 1000).tolist() == [0, 1, 2, 3, 4, 5]
+    assert balanced_subset(uneven, 5, 1000).tolist() == [0, 1, 3, 4, 5]  # one per class: no fill-up needed
+    assert balanced_subset(uneven, 100, 1000).tolist() == list(range(6))  # never more than the list holds
+    skewed = torch.tensor([0] * 8 + [1, 2])  # class 0 dominates: ceil(6/3) = 2 of class 0, then fill-up
+    assert balanced_subset(skewed, 6, 3).tolist() == [0, 1, 2, 3, 8, 9]
