@@ -38,7 +38,7 @@ from torch import nn
 from bench.data import ImageSet
 from bench.models import build_model
 from bench.registry import Registry
-from surrogates.augment import AdversarialExamples, Augment
+from surrogates.augment import AdversarialExamples, Augment, eval_mode
 from surrogates.regularizers import Objective
 from surrogates.sam import SAM
 from surrogates.submission import SubmissionError, load_surrogate, save_group, save_surrogate
@@ -304,10 +304,27 @@ class ModelSpec:
     std: tuple[float, ...]
 
     def build(self, seed: int) -> nn.Module:
-        """A freshly initialised model; the init uses ``seed`` without touching the global RNG."""
+        """A freshly initialised model; the init uses ``seed`` without touching the global RNG.
+
+        One forward pass on a blank image checks, before any training, that the architecture takes the
+        data's images and gives ``num_classes`` logits; a mismatch is a ``ValueError`` naming both.
+        """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_model(self.architecture, self.num_classes, self.mean, self.std, **self.arch_kwargs)
+            model = build_model(self.architecture, self.num_classes, self.mean, self.std, **self.arch_kwargs)
+        what = f"architecture {self.architecture!r} (arch kwargs {self.arch_kwargs})"
+        fix = "pick an architecture for these images or set its arguments with --arch-kwargs (e.g. in_chans)"
+        try:
+            with torch.no_grad(), eval_mode(model):
+                out = model(torch.zeros(1, *self.input_size))
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise ValueError(f"{what} does not take the training images of shape {self.input_size}: {first}; "
+                             f"{fix}.") from None  # fmt: skip
+        if tuple(out.shape) != (1, self.num_classes):
+            raise ValueError(f"{what} gives logits of shape {tuple(out.shape)[1:]} for {self.num_classes} "
+                             f"classes; {fix}.")  # fmt: skip
+        return model
 
     def save(self, model: nn.Module, out: Path, metadata: dict[str, Any], overwrite: bool) -> Path:
         return save_surrogate(model, out, architecture=self.architecture, num_classes=self.num_classes,

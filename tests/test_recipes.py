@@ -15,6 +15,7 @@ from torch import nn
 from bench.data import ImageSet, load_digits_smoke
 from bench.models import build_model
 from surrogates import load_surrogate
+from surrogates import recipes as recipes_module
 from surrogates.augment import (
     AdversarialExamples,
     apply_cutout,
@@ -24,7 +25,16 @@ from surrogates.augment import (
     one_hot_targets,
     random_crop_flip,
 )
-from surrogates.recipes import GRIDS, RECIPES, RecipeConfig, build_parts, configure, parse_overrides, train_recipe
+from surrogates.recipes import (
+    GRIDS,
+    RECIPES,
+    ModelSpec,
+    RecipeConfig,
+    build_parts,
+    configure,
+    parse_overrides,
+    train_recipe,
+)
 from surrogates.regularizers import Objective, jacobian_sq_frobenius
 from surrogates.sam import SAM, frozen_bn_stats
 from surrogates.training import TrainConfig, lr_factor, train_classifier
@@ -459,3 +469,17 @@ def test_gpu_options_on_cuda(digits: ImageSet, tmp_path: Path) -> None:
     out = train_recipe("sam-jr", digits, arch=TINY_ARCH[0], arch_kwargs=TINY_ARCH[1], out_dir=tmp_path / "g",
                        overrides={**QUICK, "bf16": True, "channels_last": True}, device="cuda")  # fmt: skip
     assert math.isfinite(load_surrogate(out).config.metadata["final_train_accuracy"])
+
+
+def test_an_architecture_that_does_not_fit_the_data_is_refused_before_training(
+    digits: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rgb = dataclasses.replace(digits, pixels=digits.pixels.expand(-1, 3, -1, -1).contiguous())
+    with pytest.raises(ValueError, match=r"'small_cnn'.*shape \(3, 8, 8\).*--arch-kwargs"):
+        train_quick("st", rgb, tmp_path / "rgb")
+    assert not (tmp_path / "rgb").exists()
+    spec = ModelSpec("small_cnn", {"width": 4}, 10, (1, 8, 8), (0.5,), (0.5,))
+    assert spec.build(0)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    monkeypatch.setattr(recipes_module, "build_model", lambda *a, **k: nn.Sequential(nn.Flatten(), nn.Linear(64, 7)))
+    with pytest.raises(ValueError, match=r"logits of shape \(7,\) for 10 classes"):
+        spec.build(0)
