@@ -58,6 +58,16 @@ def weight_grad_sq_norm(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> t
     return sum((g.pow(2).sum() for g in grads if g is not None), loss.new_zeros(()))
 
 
+def smoothed_targets(targets: torch.Tensor, num_classes: int, p: float) -> torch.Tensor:
+    """Label smoothing as seed 002 (Sec. 3.2) defines it: the true class keeps 1 - p, each of the other m - 1
+    classes gets p / (m - 1). (PyTorch's ``label_smoothing=p`` spreads p over all m classes instead, true
+    class 1 - p + p/m, so it smooths by a factor (m - 1)/m less.) Probability targets q (mixup, CutMix) become
+    (1 - p) q + p/(m - 1) (1 - q), which is the same rule for one-hot q and still sums to one.
+    """
+    q = targets.float() if targets.dim() == 2 else F.one_hot(targets, num_classes).float()
+    return (1 - p) * q + p / (num_classes - 1) * (1 - q)
+
+
 @dataclass(frozen=True)
 class Objective:
     """The training loss of a recipe: cross-entropy (with label smoothing) plus the gradient penalties.
@@ -82,7 +92,9 @@ class Objective:
         if self.needs_input_grad:
             x = x.detach().requires_grad_(True)
         logits = model(x)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        if self.label_smoothing > 0:
+            targets = smoothed_targets(targets, logits.shape[1], self.label_smoothing).to(logits.dtype)
+        loss = F.cross_entropy(logits, targets)
         ce = loss
         if self.lambda_ir > 0:
             loss = loss + self.lambda_ir * input_grad_sq_norms(x, ce).mean()

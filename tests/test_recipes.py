@@ -35,7 +35,7 @@ from surrogates.recipes import (
     parse_overrides,
     train_recipe,
 )
-from surrogates.regularizers import Objective, jacobian_sq_frobenius
+from surrogates.regularizers import Objective, jacobian_sq_frobenius, smoothed_targets
 from surrogates.sam import SAM, frozen_bn_stats
 from surrogates.training import TrainConfig, lr_factor, train_classifier
 
@@ -239,17 +239,23 @@ def test_er_penalty_is_half_lambda_times_squared_weight_gradient_norm(digits: Im
     torch.testing.assert_close(loss - F.cross_entropy(logits, y), expected, rtol=1e-5, atol=1e-9)
 
 
-def test_label_smoothing_matches_the_formula(digits: ImageSet) -> None:
+def test_label_smoothing_is_seed_002s_p_over_m_minus_1(digits: ImageSet) -> None:
     model, x, y = tiny_model(), digits.images()[:16], digits.labels[:16]
     cfg = configure("ls", {"label_smoothing": 0.3})
     objective = build_parts(cfg, model, steps_per_epoch=1, num_classes=10).objective
     loss, logits = objective(model, x, y, torch.Generator())
     logp = logits.log_softmax(1)
-    manual = -(0.7 * logp.gather(1, y[:, None])[:, 0] + 0.3 / 10 * logp.sum(1)).mean()
+    true = logp.gather(1, y[:, None])[:, 0]
+    manual = -(0.7 * true + 0.3 / 9 * (logp.sum(1) - true)).mean()  # 1 - p on the label, p/(m-1) on the others
     torch.testing.assert_close(loss, manual)
-    torch.testing.assert_close(loss, F.cross_entropy(logits, y, label_smoothing=0.3))
+    assert not torch.allclose(loss, F.cross_entropy(logits, y, label_smoothing=0.3))  # torch spreads p/m
+    t = smoothed_targets(y[:2], 10, 0.3)
+    assert torch.allclose(t.sum(1), torch.ones(2)) and float(t.max()) == pytest.approx(0.7)
+    assert float(t.min()) == pytest.approx(0.3 / 9)
     soft, _ = objective(model, x, one_hot_targets(y, 10), torch.Generator())  # mixed labels take the same path
     torch.testing.assert_close(soft, loss)
+    mixed = 0.5 * one_hot_targets(y, 10) + 0.5 * one_hot_targets(y.roll(1), 10)
+    assert torch.allclose(smoothed_targets(mixed, 10, 0.3).sum(1), torch.ones(16))
 
 
 # --- SAM ------------------------------------------------------------------------------------------------------
