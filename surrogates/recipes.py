@@ -140,6 +140,11 @@ def _checks(c: RecipeConfig) -> list[tuple[bool, str]]:
         (c.es_epochs_after_decay > 0 and c.schedule != "step", "early stopping needs the step schedule"),
         (c.es_epochs_after_decay < 0 or not 0 <= c.es_select <= max(len(c.lr_milestones) - 1, 0),
          "es_epochs_after_decay must be >= 0 and es_select index a milestone"),
+        (c.es_epochs_after_decay > 0 and any(m + c.es_epochs_after_decay > c.epochs for m in c.lr_milestones),
+         f"early stopping keeps the weights {c.es_epochs_after_decay} epoch(s) after each decay: every lr milestone "
+         f"plus that must lie within epochs={c.epochs} (milestones {tuple(c.lr_milestones)})"),
+        (c.warmup_epochs > 0 and c.schedule != "cosine",
+         f"warm-up is part of the cosine schedule only; set warmup_epochs=0 for the {c.schedule!r} schedule"),
         (c.lgv_epochs > 0 and c.es_epochs_after_decay > 0, "LGV and early stopping do not combine"),
         (c.sam_adaptive and c.sam_rho == 0, "sam_adaptive (ASAM) needs sam_rho > 0"),
     ]  # fmt: skip
@@ -432,7 +437,10 @@ def _save_early_stopping(
     if not ckpts.saved:
         raise RuntimeError(f"early stopping saw no lr decay in {cfg.epochs} epochs (milestones {cfg.lr_milestones})")
     x, y = data.images().to(model_device(model)), data.labels.to(model_device(model))
-    final_state, selected = _cpu_state(model), min(cfg.es_select, len(ckpts.saved) - 1)
+    if cfg.es_select >= len(ckpts.saved):
+        raise RuntimeError(f"es_select={cfg.es_select} asks for after-decay checkpoint {cfg.es_select + 1}, but "
+                           f"{len(ckpts.saved)} decay(s) happened; nothing was written")  # fmt: skip
+    final_state, selected = _cpu_state(model), cfg.es_select
     names = {i: out.name if i == selected else f"{out.name}-epoch{ep:03d}" for i, (ep, _, _) in enumerate(ckpts.saved)}
     listing = {names[i]: {"epoch": ep, "lr": lr} for i, (ep, lr, _) in enumerate(ckpts.saved)}
     for i, (epoch, lr, state) in enumerate(ckpts.saved):

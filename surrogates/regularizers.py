@@ -11,7 +11,8 @@ All three are "double backpropagation": the penalty is built from a gradient com
 ``create_graph=True`` and then differentiated once more by ``loss.backward()``.
 Gradients w.r.t. x are taken w.r.t. the [0, 1] image the model takes, not its normalized form.
 In train mode, BatchNorm couples the images of a batch; like the papers, we differentiate the batch's
-summed loss and read each image's slice, which ignores those cross-image terms.
+summed loss and read each image's slice, which includes those cross-image terms (an image's slice is not
+the gradient of its own loss alone).
 """
 
 from __future__ import annotations

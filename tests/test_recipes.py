@@ -107,6 +107,11 @@ def test_overrides_from_strings_and_errors() -> None:
         RecipeConfig(at_norm="l2")
     with pytest.raises(ValueError, match="step schedule"):
         configure("early-stopping", {"schedule": "cosine"})
+    with pytest.raises(ValueError, match=r"warm-up is part of the cosine schedule only; set warmup_epochs=0"):
+        configure("sam", {"schedule": "step", "lr_milestones": "100"})  # sam's 10 warm-up epochs would be lost
+    assert configure("sam", {"schedule": "step", "lr_milestones": "100", "warmup_epochs": 0}).schedule == "step"
+    with pytest.raises(ValueError, match=r"milestone plus that must lie within epochs=100 \(milestones \(50, 100\)\)"):
+        configure("early-stopping", {"epochs": 100})  # the second decay would leave no epoch after it
 
 
 # --- every recipe trains and writes a loadable submission ---------------------------------------------------
