@@ -274,12 +274,23 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
 # Parts and one training run.
 
 
+def asam_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """ASAM's parameter groups as in Kwon et al.'s reference code: parameters whose name contains ``weight``
+    (convolution, linear and normalization scales) get the adaptive neighbourhood ``T_w = |w| + eta``; the
+    others (biases) keep ``T_w = 1``, i.e. plain SAM."""
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if "weight" in n]},
+              {"params": [p for n, p in named if "weight" not in n], "adaptive": False}]  # fmt: skip
+    return [g for g in groups if g["params"]]
+
+
 def build_parts(cfg: RecipeConfig, model: nn.Module, *, steps_per_epoch: int, num_classes: int) -> TrainParts:
     """The loop's parts for ``cfg``: SGD or SAM/ASAM around SGD, lr schedule, augmentation, AT, objective."""
     sgd = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if cfg.sam_rho > 0:
-        opt: torch.optim.Optimizer = SAM(model.parameters(), torch.optim.SGD, rho=cfg.sam_rho,
-                                         adaptive=cfg.sam_adaptive, eta=cfg.asam_eta, **sgd)  # fmt: skip
+        params = asam_groups(model) if cfg.sam_adaptive else model.parameters()
+        opt: torch.optim.Optimizer = SAM(params, torch.optim.SGD, rho=cfg.sam_rho, adaptive=cfg.sam_adaptive,
+                                         eta=cfg.asam_eta, **sgd)  # fmt: skip
         stepped = opt.base_optimizer  # type: ignore[attr-defined]
     else:
         opt = stepped = torch.optim.SGD(model.parameters(), **sgd)

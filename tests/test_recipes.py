@@ -294,6 +294,27 @@ def test_sam_ascent_has_norm_rho_and_second_step_restores(adaptive: bool) -> Non
     assert torch.equal(flat(model), w0)
 
 
+def test_asam_recipe_scales_weights_and_leaves_biases_at_plain_sam() -> None:
+    model = jr_net()
+    opt = build_parts(configure("asam"), model, steps_per_epoch=1, num_classes=4).optimizer
+    assert isinstance(opt, SAM)
+    named = dict(model.named_parameters())
+    adaptive = {
+        n for n, p in named.items() for g in opt.param_groups if g["adaptive"] and any(p is q for q in g["params"])
+    }
+    assert adaptive == {n for n in named if n.endswith("weight")} and any(n.endswith("bias") for n in named)
+    w0 = {n: p.detach().clone() for n, p in named.items()}
+    F.cross_entropy(model(torch.randn(8, 6, dtype=torch.float64)), torch.arange(8) % 4).backward()
+    grads = {n: p.grad.detach().clone() for n, p in named.items()}
+    opt.first_step(zero_grad=True)
+    t = {n: (w0[n].abs() + 0.01 if n in adaptive else torch.ones_like(w0[n])) for n in named}
+    e = {n: p.detach() - w0[n] for n, p in named.items()}
+    assert float(torch.cat([(e[n] / t[n]).flatten() for n in named]).norm()) == pytest.approx(0.5, rel=1e-9)
+    for n in named:  # e = rho T^2 g / ||T g||: the same factor for every tensor, T = 1 on biases
+        ratio = e[n] / (t[n] ** 2 * grads[n])
+        assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-6)
+
+
 def test_sam_descends_with_the_gradient_at_the_perturbed_weights() -> None:
     model, opt, x, y = sam_setup(lr=0.5)
     w0 = flat(model)
