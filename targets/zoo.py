@@ -485,7 +485,12 @@ def _read(spec: TargetSpec, path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors come in many types; we re-raise with the file named
-        raise TargetError(f"target {spec.name!r}: {path} is not a loadable checkpoint ({e}).") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ""
+        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
+            hint = (" It pickles Python objects besides tensors, which TransferBench never unpickles: convert its "
+                    "state dict to safetensors once, on a machine you trust, and register that file as a local entry.")
+        raise TargetError(f"target {spec.name!r}: {path} is not a loadable checkpoint ({first}).{hint}") from None
 
 
 def _state_dict(spec: TargetSpec, path: Path) -> dict[str, torch.Tensor]:
