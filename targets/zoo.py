@@ -488,8 +488,10 @@ def _read(spec: TargetSpec, path: Path) -> Any:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ""
         if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
-            hint = (" It pickles Python objects besides tensors, which TransferBench never unpickles: convert its "
-                    "state dict to safetensors once, on a machine you trust, and register that file as a local entry.")
+            hint = (
+                " It pickles Python objects besides tensors, which TransferBench never unpickles: convert its "
+                "state dict to safetensors once, on a machine you trust, and register that file as a local entry."
+            )
         raise TargetError(f"target {spec.name!r}: {path} is not a loadable checkpoint ({first}).{hint}") from None
 
 

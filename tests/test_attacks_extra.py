@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchattacks
-from conftest import tiny_cifar_model
+from conftest import tiny_cifar_model, trained_digits_model
 from torch import nn
 
 from bench.attacks import (
@@ -35,6 +35,7 @@ from bench.attacks.estimators import neighbour
 from bench.attacks.external import EXTERNAL_ATTACKS
 from bench.attacks.loop import ObjectiveGrad
 from bench.attacks.parts import gaussian_kernel
+from bench.protocol import get_protocol
 
 EPS = 8 / 255
 PIN_IDS = torch.arange(100, 108)
@@ -204,7 +205,7 @@ def test_vmifgsm_equals_a_transcription_of_the_paper(smooth) -> None:
 
 @pytest.mark.parametrize(
     ("name", "neutral"),
-    [("pgn", {"delta": 0.0, "zeta_frac": 0.0, "n": 1}), ("gnp", {"beta": 0.0}), ("tpa", {"lam": 0.0})],
+    [("pgn", {"delta": 0.0, "zeta_frac": 0.0, "n": 1}), ("gnp", {"beta": 0.0}), ("tpa", {"alpha": 0.0})],
 )
 @pytest.mark.parametrize("targeted", [False, True])
 def test_neutral_penalty_is_exactly_mifgsm(cifar, name: str, neutral: dict, targeted: bool) -> None:
@@ -216,12 +217,14 @@ def test_neutral_penalty_is_exactly_mifgsm(cifar, name: str, neutral: dict, targ
     assert attack_cost(name, 4, neutral) == attack_cost("mifgsm", 4)
 
 
-def _penalized_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Exact grad of J(x) - lam_i ||grad J(x_i)||_2 per image (lam: (B,)), by double backward."""
+def _penalized_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, p: int = 2
+) -> torch.Tensor:
+    """Exact grad of J(x) - lam_i ||grad J(x_i)||_p per image (lam: (B,)), by double backward."""
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(model(x), y, reduction="sum")
     (g,) = torch.autograd.grad(loss, x, create_graph=True)
-    objective = loss - (lam * g.flatten(1).norm(dim=1)).sum()
+    objective = loss - (lam * g.flatten(1).norm(p=p, dim=1)).sum()
     return torch.autograd.grad(objective, x)[0]
 
 
@@ -242,17 +245,27 @@ def test_gnp_direction_converges_to_the_penalized_gradient(smooth) -> None:
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3, errors  # forward difference: O(r)
 
 
-def test_tpa_direction_converges_to_the_penalized_gradient(smooth) -> None:
-    """With b = 0 every neighbour is x itself: Eq. 7 with Eq. 10 -> grad J - lam H g/||g|| as k -> 0."""
+def test_tpa_direction_converges_to_the_l1_penalized_gradient(smooth) -> None:
+    """With b = 0 every neighbour is x itself: (1 - alpha) g + alpha g(x - k sign g) -> the gradient of
+    J - alpha k ||grad J||_1 as k -> 0 (the flatness penalty the released estimator approximates)."""
     model, x, y = smooth
-    lam = 0.5
+    alpha = 0.8
     plain = _grad_fn(model, y, x)(x)
-    exact = _penalized_gradient(model, x, y, torch.full((x.shape[0],), lam, dtype=x.dtype))
     errors = []
     for k in (1e-2, 1e-3, 1e-4):
-        estimate = TPA(lam=lam, b=0.0, k=k, n=1)(_grad_fn(model, y, x), x, _ctx(x))
+        exact = _penalized_gradient(model, x, y, torch.full((x.shape[0],), alpha * k, dtype=x.dtype), p=1)
+        estimate = TPA(alpha=alpha, b=0.0, k=k, n=1)(_grad_fn(model, y, x), x, _ctx(x))
         errors.append(_penalty_error(estimate, exact, plain))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3, errors
+
+
+def test_tpa_averages_look_ahead_gradients_over_its_neighbours(smooth) -> None:
+    model, x, y = smooth
+    ctx, grad_at = _ctx(x, step=1, steps=4), _grad_fn(model, y, x)
+    estimate = TPA(alpha=0.8, b=0.05, k=0.01, n=3)(grad_at, x, ctx)
+    near = [neighbour(x, 0.05, ctx, j) for j in range(3)]
+    ahead = sum(grad_at(p - 0.01 * grad_at(p).sign()) for p in near) / 3
+    assert (estimate - (0.2 * grad_at(x) + 0.8 * ahead)).abs().max().item() < 1e-15
 
 
 def test_pgn_direction_converges_to_the_penalized_gradient(smooth) -> None:
@@ -395,6 +408,8 @@ def test_bad_hyperparameters_are_named() -> None:
                    targeted=False, ids=torch.arange(1), seed=0, params={"n": 2.5})  # fmt: skip
     with pytest.raises(ValueError, match="TPA k"):
         TPA(k=0.0)
+    with pytest.raises(ValueError, match=r"TPA alpha .* must lie in \[0, 1\]"):
+        TPA(alpha=1.5)
     with pytest.raises(ValueError, match="GNP r"):
         GNP(r=-1.0)
     with pytest.raises(ValueError, match="kernel_size"):
@@ -409,3 +424,66 @@ def test_nesterov_needs_momentum(smooth) -> None:
     model, x, y = smooth
     with pytest.raises(ValueError, match="Momentum"):
         iterative_attack(model, x, y, LinfBudget(EPS), steps=2, step_size=EPS / 2, grad_estimator=Nesterov())
+
+
+def test_gnp_default_length_is_the_papers_scaled_to_the_input_size() -> None:
+    assert GNP().length(torch.zeros(2, 3, 299, 299)) == pytest.approx(0.01)
+    assert GNP().length(torch.zeros(2, 3, 32, 32)) == pytest.approx(0.01 * (3072 / (3 * 299 * 299)) ** 0.5)
+    assert GNP(r=0.05).length(torch.zeros(1, 3, 32, 32)) == 0.05
+    ext = {a.attack: a.kwargs for a in get_protocol("cifar10-ext").attacks}
+    assert ext["gnp"]["r"] == pytest.approx(GNP().length(torch.zeros(1, 3, 32, 32)), rel=0.01)
+
+
+# --- on confident models, every method does at least what MI-FGSM does ---------------------------------------
+# Penalized estimators can point downhill when their finite differences are mis-scaled, which a tiny random model
+# (soft predictions, little curvature) does not show; trained, confident models do.
+
+
+@pytest.fixture(scope="module")
+def confident_digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from bench.data import load_digits_smoke
+
+    data = load_digits_smoke()
+    held = data.ids % 3 == 0  # the images the model did not train on
+    model = trained_digits_model(0, epochs=30)
+    return model, data.images()[held][:48], data.labels[held][:48], data.ids[held][:48]
+
+
+LOOP_ATTACKS = [n for n in ATTACKS if n not in EXTERNAL_ATTACKS]
+
+
+def _white_box(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return 100 * (model(x_adv).argmax(1) != y).float().mean().item()
+
+
+# Input diversity (dim, tidim) trades white-box success for transfer by design: on 8 x 8 digits a 1.25x
+# resize-and-pad costs it about half of MI-FGSM's white-box success, so it is not held to this bar.
+@pytest.mark.parametrize("name", [n for n in LOOP_ATTACKS if n not in ("dim", "tidim")])
+def test_every_method_fools_a_confident_digits_model_as_well_as_mifgsm(confident_digits, name: str) -> None:
+    model, x, y, ids = confident_digits
+    with torch.no_grad():
+        assert model(x).softmax(1).gather(1, y[:, None]).median() > 0.99  # confident: the regime that matters
+    eps, params = 16 / 255, CHEAP.get(name, {})
+    ours = run_attack(name, model, x, y, eps, steps=10, targeted=False, ids=ids, seed=0, params=params)
+    mi = run_attack("mifgsm", model, x, y, eps, steps=10, targeted=False, ids=ids, seed=0)
+    assert _white_box(model, mi, y) > 15  # the budget is large enough to measure something
+    assert _white_box(model, ours, y) >= _white_box(model, mi, y) - 10
+
+
+@pytest.mark.slow
+def test_extended_protocol_methods_fool_a_pretrained_cifar_resnet(shared_weights, shared_cifar) -> None:
+    """cifar10-ext's settings on the external ResNet-20 (real, confident): each method's white-box success is
+    within 10 points of MI-FGSM's (GNP at the paper's unscaled r = 0.01 and TPA v1 reached about 30-40%)."""
+    from bench.data import load_cifar10
+    from targets import load_target
+
+    model = load_target("akamaster-resnet20", weights_dir=shared_weights).model
+    data = load_cifar10("test", shared_cifar).subset(torch.arange(3, 3 + 24 * 10, 10))  # every tenth: all classes
+    x, y, ids = data.images(), data.labels, data.ids
+    ext = {a.attack: a.kwargs for a in get_protocol("cifar10-ext").attacks}
+    mi = _white_box(model, run_attack("mifgsm", model, x, y, 8 / 255, steps=10, targeted=False, ids=ids, seed=0), y)
+    assert mi > 90
+    for name in ("gnp", "tpa"):
+        x_adv = run_attack(name, model, x, y, 8 / 255, steps=10, targeted=False, ids=ids, seed=0, params=ext[name])
+        assert _white_box(model, x_adv, y) >= mi - 10, name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from targets import TARGETS
 PINNED = {
     # Changing a protocol changes its hash. Bump its version, then update the pin, never the other way round.
     ("cifar10", 1): "9b9ae5eaeeb6d7037ad4eab288da3a463a2e3651a0e1e54d2db3d58a46b6050c",
-    ("cifar10-ext", 1): "07c30302bffee81fb801e092f297a26671d1ca5e6b607c0e8c2fc68bfb11f43f",
+    ("cifar10-ext", 2): "9b90b2c2e839db7707f4dc7e0dfb65378132c7ea6c60bed5542ea2dc9e65ce5c",
     ("cifar10-autoattack", 1): "ff4a79ac3448552e543a5c9a1b9ef3c6b29578dca386a9e004b24f0fdb2c0576",
     ("imagenette", 1): "91fcb2be57ead090cbc0a80aa621790eccca5db85cf6d17236334c239fab260c",
     ("imagenet", 1): "2eae80d8de62a822ecc3faf43778d27335c765394940c015ddbd5fac78b6b556",
@@ -123,3 +124,9 @@ def test_imagenet_protocols_use_the_whole_imagenet_zoo() -> None:
 
     assert tuple(IN_PROTOCOL) == tuple(IN_ZOO)
     assert get_protocol("imagenette").targets == get_protocol("imagenet").targets == tuple(IN_ZOO)
+
+
+def test_the_protocols_page_lists_every_registered_protocol_with_its_hash() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "protocols.md").read_text()
+    for name, proto in PROTOCOLS.items():
+        assert f"| `{name}` | {proto.version} | {proto.kind} | {proto.status} | `{proto.sha256}` |" in page, name

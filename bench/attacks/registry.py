@@ -165,20 +165,31 @@ def pgn(
 
 
 @register("gnp")
-def gnp(eps: float, steps: int, *, mu: float = 1.0, r: float = 0.01, beta: float = 0.8) -> AttackParts:
-    """GNP (Wu et al. 2023): MI-FGSM on (1 + beta) g(x) - beta g(x + r g/||g||_2)."""
+def gnp(eps: float, steps: int, *, mu: float = 1.0, r: float | None = None, beta: float = 0.8) -> AttackParts:
+    """GNP (Wu et al. 2023): MI-FGSM on (1 + beta) g(x) - beta g(x + r g/||g||_2); r None = the paper's 0.01
+    scaled to the input size (``estimators.GNP``)."""
     return AttackParts(step_size=eps / steps, grad_estimator=GNP(r, beta), grad_transform=Momentum(mu))
 
 
 @register("tpa")
 def tpa(
-    eps: float, steps: int, *, mu: float = 1.0, lam: float = 5.0, b_255: float = 16.0, k: float = 0.05, n: int = 10
+    eps: float,
+    steps: int,
+    *,
+    mu: float = 1.0,
+    alpha: float = 0.8,
+    b_255: float = 28.6,
+    k_255: float = 2.9,
+    n: int = 10,
 ) -> AttackParts:
-    """TPA / flatness-aware attack (Fan et al., seed 001): MI-FGSM on grad J - lam E_u[grad ||grad J(x + u)||_2].
+    """TPA / flatness-aware attack (Fan et al., seed 001): MI-FGSM on the estimator of the authors' code,
+    (1 - alpha) g(x) + alpha mean_i g(x_i - k sign g(x_i)), x_i = x + U(-b, b) (``estimators.TPA``).
 
-    ``b_255`` is the neighbourhood half-width in pixel levels (b = b_255 / 255, absolute like the paper's b = 16).
+    ``b_255`` and ``k_255`` are in pixel levels (b = b_255 / 255): the released code's b = 16 * 0.031 and
+    k = 0.05 in ImageNet-normalized units, times the mean ImageNet std 0.226.
     """
-    return AttackParts(step_size=eps / steps, grad_estimator=TPA(lam, b_255 / 255, k, n), grad_transform=Momentum(mu))
+    estimator = TPA(alpha, b_255 / 255, k_255 / 255, n)
+    return AttackParts(step_size=eps / steps, grad_estimator=estimator, grad_transform=Momentum(mu))
 
 
 def run_attack(
