@@ -363,7 +363,7 @@ def compare(
         precision_b=str(b.provenance.get("precision")), score_a=float(a.score["mean"]),
         score_b=float(b.score["mean"]), ranking_cell=ranking_cell, cells=df, regressions=diffs(df["regression"]),
         improvements=diffs(df["improvement"]),
-)  # fmt: skip
+    )  # fmt: skip
 
 
 def _label(r: Record) -> str:

@@ -49,7 +49,7 @@ class Record:
     @property
     def submission_id(self) -> str:
         """Stable file name: the submission's name and its content hash."""
-        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(self.submission["name"])).strip("-")
+        slug = _file_safe(str(self.submission["name"])).strip("-")
         return f"{slug or 'surrogate'}-{self.submission['sha256'][:12]}"
 
     @property
@@ -81,7 +81,7 @@ class Record:
             stem += f".limit{self.data.get('n_images')}"
         if self.off_protocol_precision:
             stem += f".{self.provenance.get('precision')}"
-        return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+        return _file_safe(stem)
 
     def to_json(self) -> dict[str, Any]:
         d = self._body()
@@ -112,6 +112,11 @@ class Record:
             raise RecordError(f"{where}: integrity check failed (content sha256 {rec.content_sha256()[:12]}, "
                               f"recorded {str(stored)[:12]}); the record was modified or damaged.")  # fmt: skip
         return rec
+
+
+def _file_safe(text: str) -> str:
+    """``text`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``-``."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 
 def canonical_sha256(obj: Any) -> str:
