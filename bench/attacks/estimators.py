@@ -5,7 +5,8 @@ evaluation per call), the current x_adv (B, C, H, W) and the step's ``StepContex
 that the gradient transform (momentum) then sees. ``evals(step, steps)`` declares how many evaluations it
 makes, and the loop checks it.
 
-Penalized estimators ascend J(x) - lam * ||grad J(x)||_2 (J: the attack objective), whose gradient
+Penalized estimators ascend J(x) - lam * ||grad J(x)||_2 (J: the attack objective; TPA penalizes the L1 norm
+and uses a sign step, see its docstring), whose gradient
 grad J - lam * H grad J / ||grad J||_2 needs a Hessian-vector product H v. They replace it by the finite
 difference (grad J(x + h v) - grad J(x)) / h, which is exact as h -> 0 (tests check this by double backward).
 
