@@ -47,13 +47,13 @@ def ranked_table(records: Iterable[Record]) -> pd.DataFrame:
             "weight_eig": run0.get("weight_sharpness", {}).get("top_eigenvalue", math.nan),
             "partial": bool(r.data.get("partial", False)),
             "precision": ranked_precision(r),
+            "_deviates": bool(r.deviations),
             "data": r.data["sha256"][:10],
             "sha256": r.submission["sha256"][:12],
         })  # fmt: skip
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df["_deviates"] = df["partial"] | df["precision"].str.endswith("*")
     df = df.sort_values(["protocol", "_deviates", "score"], ascending=[True, True, False], kind="stable")
     df = df.drop(columns="_deviates").reset_index(drop=True)
     df.insert(0, "rank", df.groupby("protocol").cumcount() + 1)

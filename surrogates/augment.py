@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.attacks.parts import per_image
+
 
 def one_hot_targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B,) labels -> (B, K) float probabilities, for augmentations that mix labels."""
@@ -224,22 +226,21 @@ class AdversarialExamples:
         if self.norm == "linf":
             noise = (2 * torch.rand(x.shape, generator=gen) - 1) * self.eps
         else:
-            direction = torch.randn(x.shape, generator=gen)
-            direction /= direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            direction = self._direction(torch.randn(x.shape, generator=gen))  # unit L2 per image
             radius = self.eps * torch.rand(len(x), generator=gen) ** (1.0 / x[0].numel())
-            noise = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+            noise = direction * per_image(radius, x)
         return self._project(x, noise.to(device=x.device, dtype=x.dtype))
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":
             return grad.sign()
-        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+        norms = per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
         return grad / norms
 
     def _project(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":
             delta = delta.clamp(-self.eps, self.eps)
         else:
-            norms = delta.flatten(1).norm(dim=1).view(-1, *([1] * (delta.dim() - 1)))
+            norms = per_image(delta.flatten(1).norm(dim=1), delta)
             delta = delta * torch.clamp(self.eps / norms.clamp_min(1e-12), max=1.0)
         return (x + delta).clamp(0.0, 1.0) - x
