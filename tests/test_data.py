@@ -306,7 +306,8 @@ def test_hub_used_without_mirror(monkeypatch: pytest.MonkeyPatch, png_data: tupl
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     data = load_cifar10("test")
-    assert calls == [(CIFAR10_HUB_ID, {"revision": CIFAR10_HUB_REVISION, "split": "test"})]
+    only_test = {"test": "plain_text/test-*.parquet"}  # the split's files only, not the whole dataset
+    assert calls == [(CIFAR10_HUB_ID, {"revision": CIFAR10_HUB_REVISION, "data_files": only_test, "split": "test"})]
     assert torch.equal(data.pixels, _chw(hwc)) and data.labels.tolist() == labels.tolist()
     assert CIFAR10_HUB_ID in data.source and CIFAR10_HUB_REVISION in data.source
 

@@ -5,7 +5,10 @@ Where the data comes from, first match wins:
 1. the ``data_dir`` argument (the CLI's ``--data-dir``);
 2. the environment variable ``TRANSFERBENCH_CIFAR10_DIR``;
 3. the Hugging Face Hub dataset ``uoft-cs/cifar10`` at the pinned :data:`CIFAR10_HUB_REVISION`, via
-   ``datasets.load_dataset`` (which honours ``HF_DATASETS_OFFLINE`` / ``HF_HUB_OFFLINE`` and its cache).
+   ``datasets.load_dataset`` on the requested split's parquet files only (``plain_text/<split>-*.parquet``).
+   ``TRANSFERBENCH_OFFLINE`` refuses this step (the Hub is not contacted); with ``HF_DATASETS_OFFLINE`` /
+   ``HF_HUB_OFFLINE`` ``datasets`` reads only its cache. The same rule as the ImageNet-sized loaders
+   (:func:`bench.data.prepare.load_hub_table`).
 
 A local mirror is a directory in one of two layouts, looked up in this order:
 
@@ -37,7 +40,7 @@ import torch
 from PIL import Image
 
 from bench.data.imageset import ImageSet
-from bench.paths import env_flag
+from bench.data.prepare import load_hub_table
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +62,9 @@ CIFAR10_HUB_ID = "uoft-cs/cifar10"
 CIFAR10_HUB_REVISION = "0b2714987fa478483af9968de7c934580d0bb9a2"
 CIFAR10_SPLITS: tuple[str, ...] = ("train", "test")
 CIFAR10_DIR_ENV = "TRANSFERBENCH_CIFAR10_DIR"
+# The split's files in that revision (its README's data_files: plain_text/train-*, plain_text/test-*).
+CIFAR10_HUB_FILES = "plain_text/{split}-*.parquet"
 
-_OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 _MIRROR_HELP = (
     f"pass --data-dir (data_dir=...) or set {CIFAR10_DIR_ENV} to a local CIFAR-10 mirror: a directory holding "
@@ -249,23 +253,11 @@ def _natural_key(name: str) -> tuple[str | int, ...]:
 
 
 def _load_from_hub(split: str) -> ImageSet:
-    """Load the split from the pinned Hub revision through ``datasets`` (uses its local cache)."""
+    """Load the split's parquet files from the pinned Hub revision through ``datasets`` (uses its local cache)."""
+    files = CIFAR10_HUB_FILES.format(split=split)
     where = f"Hugging Face Hub {CIFAR10_HUB_ID}@{CIFAR10_HUB_REVISION}"
-    try:
-        import datasets
-    except ImportError as exc:
-        raise RuntimeError(f"loading CIFAR-10 from the {where} needs the `datasets` package; {_MIRROR_HELP}") from exc
     start = time.perf_counter()
-    try:
-        dataset = datasets.load_dataset(CIFAR10_HUB_ID, revision=CIFAR10_HUB_REVISION, split=split)
-    except Exception as exc:
-        offline = any(env_flag(v) for v in _OFFLINE_VARS)
-        hint = " (offline mode is on and the revision is not in the local cache)" if offline else ""
-        raise RuntimeError(
-            f"could not load CIFAR-10 {split!r} from the {where}{hint}: {type(exc).__name__}: {exc}. "
-            f"Without Hub access, {_MIRROR_HELP}"
-        ) from exc
-    table = dataset.with_format("arrow")[:]
+    table = load_hub_table(CIFAR10_HUB_ID, CIFAR10_HUB_REVISION, files, split, "CIFAR-10", _MIRROR_HELP)
     _check_columns(table, where)
     n = table.num_rows
     out = np.empty((n, 32, 32, 3), dtype=np.uint8)
