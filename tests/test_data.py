@@ -326,6 +326,19 @@ def test_hub_failure_says_how_to_use_a_mirror(monkeypatch: pytest.MonkeyPatch) -
     assert CIFAR10_DIR_ENV in message and "offline" in message and CIFAR10_HUB_REVISION in message
 
 
+def test_transferbench_offline_does_not_contact_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+
+    def contacted(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the Hub must not be contacted when TRANSFERBENCH_OFFLINE is set")
+
+    monkeypatch.setattr(datasets, "load_dataset", contacted)
+    monkeypatch.setenv("TRANSFERBENCH_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="TRANSFERBENCH_OFFLINE") as info:
+        load_cifar10("test")
+    assert CIFAR10_DIR_ENV in str(info.value) and "--data-dir" in str(info.value)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Errors
 # ----------------------------------------------------------------------------------------------------------------------
