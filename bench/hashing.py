@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -19,11 +18,14 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def verify_sha256(path: Path, expected: str, *, what: str, fix: str) -> str:
-    """Return the file's sha256, or raise ``HashMismatch`` naming the file, both hashes and the fix."""
-    actual = sha256_file(path)
+def verify_sha256(data: bytes, expected: str, *, what: str, fix: str) -> str:
+    """Return the sha256 of ``data``, or raise ``HashMismatch`` naming ``what`` (the file), both hashes and the fix.
+
+    Takes the bytes, not a path, so that a caller hashes exactly what it then loads (no second read of the file).
+    """
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
-        raise HashMismatch(f"{what}: {path} has sha256 {actual}, expected {expected}. {fix}")
+        raise HashMismatch(f"{what} has sha256 {actual}, expected {expected}. {fix}")
     return actual
 
 

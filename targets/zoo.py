@@ -14,8 +14,9 @@ Where weights come from
 files there (``transferbench targets fetch`` on a machine with access shows where each one lies);
 ``TRANSFERBENCH_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` forbid every download (the Hugging Face cache is still read).
 
-Every file is checked before it is read: an HTML page where weights were expected is named as such (the classic
-failure of file-sharing links and login walls), and the file's sha256 must equal the pinned one. An entry whose
+Every file is read once and checked before it is loaded from those same bytes: a web answer where weights were
+expected (an HTML page, a JSON error, a Git LFS pointer: the classic failure of file-sharing links, login walls and
+proxies) is named as such, and the file's sha256 must equal the pinned one. An entry whose
 sha256 is not pinned yet still loads, with a warning; the measured sha256 is returned and goes into every record,
 and ``TargetSpec.pinned`` is False so that protocols using it stay provisional. Checkpoints are read without
 executing code: safetensors, or ``torch.load(weights_only=True)``. Key handling (``state_key``, ``strip_prefix``,
@@ -35,6 +36,9 @@ at the protocol's size. Entries without a native size (the CIFAR-10 and smoke zo
 
 from __future__ import annotations
 
+import codecs
+import hashlib
+import io
 import logging
 import os
 import shutil
@@ -46,11 +50,11 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from bench import paths
-from bench.hashing import HashMismatch, sha256_file, verify_sha256
+from bench.hashing import HashMismatch, verify_sha256
 from bench.models import TIMM_PREFIX, NormalizedModel, build_model
 from bench.models.adapters import INTERPOLATIONS, ResizeInput
 from bench.registry import Registry
@@ -309,6 +313,10 @@ class LoadedTarget:
     source: str
     family: str
     pinned: bool = True
+    # The protocol image size (C, H, W) or (H, W) the model was built for (``load_target(input_size=...)``): the
+    # model resizes images of this size to the entry's native size when they differ. None = built without one,
+    # so a target with a native size then sees protocol images as they come.
+    input_size: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -316,32 +324,83 @@ class _Resolved:
     path: Path
     sha256: str
     source: str  # where the file comes from: URL, hf://repo@commit/file, or the local path
+    data: bytes = field(repr=False)  # the file's content, read once: hashed, then loaded from these same bytes
 
 
-def _looks_like_html(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(512).lstrip().lower()
-    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml"))
+_PROBE_BYTES = 512  # how much of a file is inspected for a web answer
 
 
-def _verify(spec: TargetSpec, path: Path, expected: str | None, origin: str, fix: str) -> str:
-    """sha256 of a weights file after checking it is not a web page and, when pinned, that the hash matches."""
-    if _looks_like_html(path):
+def _text_kind(head: bytes) -> str | None:
+    """What a text answer served in place of weights is ("an HTML page", "a JSON document", ...), else None.
+
+    Weights files are binary from their first bytes: safetensors starts with an 8-byte little-endian header length
+    (zero bytes), torch's zip files with ``PK\\x03\\x04``, pickles and numpy files with a byte above 0x7f that
+    is not valid UTF-8. Error pages decode as text: UTF-8 (with or without a byte-order mark), or UTF-16/32 with
+    one; their first character then says what they are. Plain text that is none of these (e.g. a wrong file of
+    words) is left to the sha256 check and the loader.
+    """
+    text = _decode_text(head)
+    if text is None:
+        return None
+    t = text.lstrip().lower()
+    if t.startswith("<?xml"):
+        return "an XML document"
+    if t[:1] == "<" and (t[1:2].isalpha() or t[1:2] in ("!", "/")):  # <!doctype, <!-- comment -->, <html>, <body>
+        return "an HTML page"
+    if t[:1] in ("{", "["):
+        return "a JSON document"
+    if t.startswith("version https://git-lfs"):
+        return "a Git LFS pointer file"
+    return None
+
+
+# Byte-order marks and the codec that drops them; UTF-32 LE comes first because its mark begins with UTF-16 LE's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _decode_text(head: bytes) -> str | None:
+    """``head`` as text when all of it decodes to printable characters (and whitespace), else None."""
+    encoding = next((enc for bom, enc in _BOMS if head.startswith(bom)), "utf-8")
+    try:  # incremental: a character cut at the end of the probe is not an error
+        text = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
+    except UnicodeDecodeError:
+        return None
+    if not text.strip() or not all(c.isprintable() or c in "\t\n\r\f\v" for c in text):
+        return None
+    return text
+
+
+def _sha256_verified(spec: TargetSpec, path: Path, data: bytes, expected: str | None, origin: str, fix: str) -> str:
+    """sha256 of a weights file's bytes after checking they are not a web answer and, when pinned, the hash."""
+    kind = _text_kind(data[:_PROBE_BYTES])
+    if kind is not None:
         raise TargetError(
-            f"target {spec.name!r}: {path} is an HTML page, not a checkpoint (a link or proxy that answers with a "
-            f"web page). Fetch {origin} by hand and place it in --weights-dir."
+            f"target {spec.name!r}: {path} is {kind}, not a checkpoint (a link, login wall or proxy that answers "
+            f"with a web page or an error). Fetch {origin} by hand and place it in --weights-dir."
         )
-    if expected is None:
-        actual = sha256_file(path)
-        log.warning(
-            "target %r: %s is not pinned by sha256 in the zoo; measured %s (recorded with every result). "
-            "Results with it stay provisional until the entry pins it.",
-            spec.name,
-            path,
-            actual,
-        )
-        return actual
-    return verify_sha256(path, expected, what=f"target {spec.name!r}", fix=fix)
+    if expected is not None:
+        return verify_sha256(data, expected, what=f"target {spec.name!r}: {path}", fix=fix)
+    actual = hashlib.sha256(data).hexdigest()
+    log.warning(
+        "target %r: %s is not pinned by sha256 in the zoo; measured %s (recorded with every result). "
+        "Results with it stay provisional until the entry pins it.",
+        spec.name,
+        path,
+        actual,
+    )
+    return actual
+
+
+def _read_verified(spec: TargetSpec, path: Path, expected: str | None, origin: str, fix: str) -> _Resolved:
+    """Read ``path`` once and verify its bytes; ``_Resolved.source`` is ``origin``."""
+    data = path.read_bytes()
+    return _Resolved(path, _sha256_verified(spec, path, data, expected, origin, fix), origin, data)
 
 
 def _mirror(weights_dir: str | os.PathLike | None) -> Path | None:
@@ -349,8 +408,8 @@ def _mirror(weights_dir: str | os.PathLike | None) -> Path | None:
     return Path(mirror).expanduser() if mirror else None
 
 
-def _download(spec: TargetSpec, w: UrlWeights, dest: Path) -> str:
-    """Download into ``dest`` atomically; return the verified sha256. Nothing is kept when the check fails."""
+def _download(spec: TargetSpec, w: UrlWeights, dest: Path) -> _Resolved:
+    """Download into ``dest`` atomically and verify it. Nothing is kept when the check fails."""
     if paths.offline():
         pin = f" (sha256 {w.sha256})" if w.sha256 else ""
         raise TargetError(
@@ -366,14 +425,14 @@ def _download(spec: TargetSpec, w: UrlWeights, dest: Path) -> str:
         log.info("downloading %s from %s", spec.name, w.url)
         torch.hub.download_url_to_file(w.url, str(tmp), progress=False)
         try:
-            sha = _verify(spec, tmp, w.sha256, w.url, "")
+            resolved = _read_verified(spec, tmp, w.sha256, w.url, "")
         except HashMismatch as e:
             raise HashMismatch(
                 f"target {spec.name!r}: the file downloaded from {w.url} does not have the pinned sha256 {w.sha256} "
                 f"({e}). Nothing was kept. If the source changed, the zoo entry needs a new version."
             ) from None
         os.replace(tmp, dest)
-        return sha
+        return _Resolved(dest, resolved.sha256, w.url, resolved.data)
     except OSError as e:
         raise TargetError(f"target {spec.name!r}: download of {w.url} failed ({e}). Use --weights-dir.") from None
     finally:
@@ -386,11 +445,10 @@ def _resolve_url(spec: TargetSpec, src: UrlWeights, mirror: Path | None) -> _Res
     candidates.append(paths.weights_cache() / src.filename)
     for path in candidates:
         if path.is_file():
-            return _Resolved(path, _verify(spec, path, src.sha256, src.url, fix), src.url)
+            return _read_verified(spec, path, src.sha256, src.url, fix)
     if mirror:
         log.warning("%s not in mirror %s; trying cache/download", src.filename, mirror)
-    dest = paths.weights_cache() / src.filename
-    return _Resolved(dest, _download(spec, src, dest), src.url)
+    return _download(spec, src, paths.weights_cache() / src.filename)
 
 
 def _snapshot_commit(path: Path, filename: str) -> str | None:
@@ -441,7 +499,7 @@ def _resolve_hub(spec: TargetSpec, src: HubWeights, mirror: Path | None) -> _Res
         path = mirror / src.repo_id / src.filename
         if path.is_file():
             fix = f"Replace it with {src.location()} (sha256 {src.sha256})."
-            return _Resolved(path, _verify(spec, path, src.sha256, src.location(), fix), src.location())
+            return _read_verified(spec, path, src.sha256, src.location(), fix)
         log.warning("%s not in mirror %s; trying the Hugging Face cache/Hub", src.mirror_relpath, mirror)
     path = _hub_download(spec, src, mirror)
     refetch = (
@@ -452,8 +510,8 @@ def _resolve_hub(spec: TargetSpec, src: HubWeights, mirror: Path | None) -> _Res
     else:
         fix = "A pinned revision cannot change upstream: the cached copy is damaged or the entry's sha256 is wrong; "
         fix += refetch
-    sha = _verify(spec, path, src.sha256, src.location(), fix)
-    return _Resolved(path, sha, src.location(_snapshot_commit(path, src.filename)))
+    resolved = _read_verified(spec, path, src.sha256, src.location(), fix)
+    return _Resolved(path, resolved.sha256, src.location(_snapshot_commit(path, src.filename)), resolved.data)
 
 
 def _resolve(spec: TargetSpec, weights_dir: str | os.PathLike | None) -> _Resolved:
@@ -462,7 +520,8 @@ def _resolve(spec: TargetSpec, weights_dir: str | os.PathLike | None) -> _Resolv
         path = paths.home() / src.relpath
         if not path.is_file():
             raise TargetError(f"target {spec.name!r}: {path} not found. Run `transferbench demo` to build it.")
-        return _Resolved(path, sha256_file(path), str(path))
+        data = path.read_bytes()
+        return _Resolved(path, hashlib.sha256(data).hexdigest(), str(path), data)
     if isinstance(src, HubWeights):
         return _resolve_hub(spec, src, _mirror(weights_dir))
     return _resolve_url(spec, src, _mirror(weights_dir))
@@ -474,16 +533,17 @@ def resolve_weights(spec: TargetSpec, weights_dir: str | os.PathLike | None = No
     return r.path, r.sha256
 
 
-def _read(spec: TargetSpec, path: Path) -> Any:
+def _read(spec: TargetSpec, data: bytes, path: Path) -> Any:
+    """Deserialize the verified bytes of ``path`` (never the file again: what was hashed is what is loaded)."""
     src = spec.source
     fmt = "safetensors" if isinstance(src, LocalWeights) else src.format if isinstance(src, HubWeights) else "torch"
     if fmt == "safetensors":
         try:
-            return load_file(str(path))
+            return load_safetensors(data)
         except (SafetensorError, OSError, ValueError) as e:
             raise TargetError(f"target {spec.name!r}: {path} is not a readable safetensors file ({e}).") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors come in many types; we re-raise with the file named
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ""
@@ -495,8 +555,8 @@ def _read(spec: TargetSpec, path: Path) -> Any:
         raise TargetError(f"target {spec.name!r}: {path} is not a loadable checkpoint ({first}).{hint}") from None
 
 
-def _state_dict(spec: TargetSpec, path: Path) -> dict[str, torch.Tensor]:
-    obj, src = _read(spec, path), spec.source
+def _state_dict(spec: TargetSpec, data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    obj, src = _read(spec, data, path), spec.source
     if isinstance(src, LocalWeights):
         return obj
     if src.state_key is not None:
@@ -539,6 +599,7 @@ def load_target(
 
     ``input_size`` is the protocol's image size, (C, H, W) or (H, W): when it differs from the entry's native
     size the model is wrapped in ``ResizeInput`` (see the module docstring); None leaves the model as it is.
+    The size is kept as ``LoadedTarget.input_size`` so that a caller can check the model was built for its data.
     """
     spec = TARGETS.get(name)
     resolved = _resolve(spec, weights_dir)
@@ -547,11 +608,15 @@ def load_target(
     cfg = SurrogateConfig(kind="single", architecture=spec.architecture, num_classes=spec.num_classes,
                           arch_kwargs=dict(spec.arch_kwargs))  # fmt: skip
     try:
-        load_state_strict(model.net, _state_dict(spec, resolved.path), where=str(resolved.path), cfg=cfg)
+        state = _state_dict(spec, resolved.data, resolved.path)
+        load_state_strict(model.net, state, where=str(resolved.path), cfg=cfg)
     except ValueError as e:
         raise TargetError(f"target {spec.name!r}: {e}") from None
     net: nn.Module = model if resize is None else ResizeInput(model, resize, spec.interpolation)
-    return LoadedTarget(spec.name, net.eval().to(device), resolved.sha256, resolved.source, spec.family, spec.pinned)
+    size = None if input_size is None else tuple(int(v) for v in input_size)
+    return LoadedTarget(
+        spec.name, net.eval().to(device), resolved.sha256, resolved.source, spec.family, spec.pinned, size
+    )
 
 
 def load_targets(

@@ -3,6 +3,7 @@ mode, the smoke targets' local weights, registry hygiene, and the shared akamast
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import os
@@ -198,6 +199,39 @@ def test_html_page_in_mirror(tmp_path: Path, ckpt: Checkpoint, no_download: list
     with pytest.raises(TargetError, match="HTML") as err:
         resolve_weights(_spec(ckpt.path.as_uri(), ckpt.sha256), weights_dir=mirror)
     assert str(mirror / "tiny-resnet20.th") in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (b'{"error": "Repository not found"}', "a JSON document"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1067\n", "a Git LFS pointer file"),
+        (b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>", "an XML document"),
+        (b"<!-- proxy --><p>blocked</p>", "an HTML page"),
+        ("<html><body>Anmelden</body></html>".encode("utf-16"), "an HTML page"),  # UTF-16 with its mark
+        (codecs.BOM_UTF8 + b"<!DOCTYPE html>", "an HTML page"),
+    ],
+)
+def test_web_answers_of_every_kind_are_named(tmp_path: Path, ckpt: Checkpoint, answer: bytes, kind: str) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "tiny-resnet20.th").write_bytes(answer)
+    with pytest.raises(TargetError, match=f"is {kind}, not a checkpoint") as err:
+        resolve_weights(_spec(ckpt.path.as_uri(), ckpt.sha256), weights_dir=mirror)
+    assert str(mirror / "tiny-resnet20.th") in str(err.value) and "--weights-dir" in str(err.value)
+
+
+def test_real_checkpoint_formats_are_not_taken_for_web_answers(tmp_path: Path, ckpt: Checkpoint) -> None:
+    """safetensors (little-endian length first), torch zip files and legacy pickles are binary from byte one."""
+    from safetensors.torch import save_file
+
+    from targets.zoo import _PROBE_BYTES, _text_kind
+
+    save_file({"w": torch.ones(3)}, str(tmp_path / "m.safetensors"))
+    torch.save({"w": torch.ones(3)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    for path in (ckpt.path, tmp_path / "m.safetensors", tmp_path / "legacy.pt"):
+        assert _text_kind(path.read_bytes()[:_PROBE_BYTES]) is None, path
+    assert _text_kind(b"plain words, not a web answer") is None  # left to the sha256 check and the loader
 
 
 def test_failed_download_names_url_and_fix(
