@@ -12,11 +12,13 @@ safetensors only: nothing in a submission is ever executed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +26,11 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
-from bench.hashing import sha256_file, sha256_text
+from bench.hashing import sha256_text
 from bench.models import NormalizedModel, build_model, known_architecture
 
 log = logging.getLogger(__name__)
@@ -108,12 +111,16 @@ def _single_config(path: Path, raw: dict[str, Any]) -> SurrogateConfig:
         raise SubmissionError(f"{path}: num_classes must be an integer >= 2, got {n!r}.")
     size = raw.get("input_size", [3, 32, 32])
     mean, std = raw.get("mean"), raw.get("std")
-    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise SubmissionError(f"{path}: input_size must be [C, H, W], got {size!r}.")
+    if not (isinstance(size, list) and len(size) == 3 and all(_positive_int(s) for s in size)):
+        raise SubmissionError(
+            f"{path}: input_size must be [C, H, W], three positive integers (e.g. [3, 32, 32]), got {size!r}."
+        )
     for name, v in (("mean", mean), ("std", std)):
-        numbers = isinstance(v, list) and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in v)
-        if not (numbers and len(v) == size[0]):
-            raise SubmissionError(f"{path}: {name} must list {size[0]} numbers (one per channel), got {v!r}.")
+        if not (isinstance(v, list) and all(_finite_number(s) for s in v) and len(v) == size[0]):
+            raise SubmissionError(
+                f"{path}: {name} must list {size[0]} finite numbers (one per channel, e.g. 0.5; not NaN, Infinity "
+                f"or true/false), got {v!r}."
+            )
     if any(s <= 0 for s in std):
         raise SubmissionError(f"{path}: std must be positive, got {std!r}.")
     return SurrogateConfig(
@@ -126,6 +133,16 @@ def _single_config(path: Path, raw: dict[str, Any]) -> SurrogateConfig:
         arch_kwargs=_object(path, raw, "arch_kwargs"),
         metadata=_object(path, raw, "metadata"),
     )
+
+
+def _positive_int(v: object) -> bool:
+    """A JSON integer > 0 (``true`` is not 1 here: Python's bool is an int, JSON's is not)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _finite_number(v: object) -> bool:
+    """A JSON number that is not NaN or +-Infinity (which Python's json module accepts) and not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _object(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -177,11 +194,14 @@ class Surrogate:
 
 
 def _load_single(folder: Path, cfg: SurrogateConfig) -> tuple[NormalizedModel, str]:
+    """Build the model and load its weights; returns it with the sha256 of exactly the bytes that were loaded."""
     wpath = folder / WEIGHTS_NAME
     if not wpath.is_file():
         raise SubmissionError(f"{wpath} not found: save the network's state dict with safetensors as {WEIGHTS_NAME}.")
+    data = wpath.read_bytes()  # read once: the hash in the record is the hash of the weights in the model
+    sha = hashlib.sha256(data).hexdigest()
     try:
-        state = load_file(str(wpath))
+        state = load_safetensors(data)
     except (SafetensorError, OSError, ValueError) as e:
         raise SubmissionError(f"{wpath} is not a readable safetensors file ({e}); re-export the checkpoint.") from None
     try:
@@ -193,7 +213,8 @@ def _load_single(folder: Path, cfg: SurrogateConfig) -> tuple[NormalizedModel, s
     load_state_strict(model.net, state, where=str(wpath), cfg=cfg)
     model.eval()
     model.num_classes = cfg.num_classes  # type: ignore[assignment]
-    return model, sha256_file(wpath)
+    model.input_size = cfg.input_size  # type: ignore[assignment]  # checked against the protocol by the runner
+    return model, sha
 
 
 def load_state_strict(net: nn.Module, state: Mapping[str, torch.Tensor], *, where: str, cfg: SurrogateConfig) -> None:
@@ -225,7 +246,9 @@ def load_state_strict(net: nn.Module, state: Mapping[str, torch.Tensor], *, wher
 def resolve(location: str | os.PathLike) -> tuple[Path, str, str]:
     """(local folder, source description, default display name) of a folder or ``hf://owner/repo[@revision]``.
 
-    Hub repos are downloaded with huggingface_hub, safe files only (JSON, safetensors, Markdown).
+    Hub repos are downloaded with huggingface_hub, safe files only (JSON, safetensors, Markdown). The source of a
+    Hub repo names the commit that was read (``hf://owner/repo@<commit>``), also when the location gave a branch,
+    a tag or no revision, so that a record says exactly which files it measured.
     """
     loc = str(location)
     if not loc.startswith(HUB_PREFIX):
@@ -233,15 +256,55 @@ def resolve(location: str | os.PathLike) -> tuple[Path, str, str]:
         if not path.is_dir():
             raise SubmissionError(f"surrogate folder {path} does not exist (or use hf://owner/repo@revision).")
         return path, str(path.resolve()), path.resolve().name
-    from huggingface_hub import snapshot_download
-
     repo, _, revision = loc[len(HUB_PREFIX) :].partition("@")
-    local = snapshot_download(
-        repo_id=repo,
-        revision=revision or None,
-        allow_patterns=["*.json", "*.safetensors", "*.md"],  # never pickles or code
-    )
-    return Path(local), f"{loc if revision else loc + '@main'}", repo.rsplit("/", 1)[-1]
+    local = _hub_snapshot(loc, repo, revision or None)
+    commit = _snapshot_commit(local)
+    if commit is None:
+        log.warning("%s: could not tell the commit of %s; recording the revision as given", loc, local)
+    elif revision and revision != commit:
+        log.info("%s resolved to commit %s", loc, commit)
+    return local, f"{HUB_PREFIX}{repo}@{commit or revision or 'main'}", repo.rsplit("/", 1)[-1]
+
+
+def _hub_snapshot(loc: str, repo: str, revision: str | None) -> Path:
+    """``snapshot_download`` of the safe files; offline (TRANSFERBENCH_OFFLINE / HF_HUB_OFFLINE) only the cache."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from bench.hubclient import network_errors, offline_var
+
+    var = offline_var()
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None  # read now, not at import
+    try:
+        local = snapshot_download(
+            repo_id=repo,
+            revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "*.md"],  # never pickles or code
+            local_files_only=var is not None,
+            endpoint=endpoint,
+        )
+    except LocalEntryNotFoundError as e:
+        if var is not None:
+            raise SubmissionError(
+                f"{loc} is not in the Hugging Face cache and downloads are disabled ({var} is set). Copy the "
+                f"submission folder to this machine and pass its path, or unset {var} to download it."
+            ) from None
+        raise SubmissionError(
+            f"{loc} could not be downloaded from {endpoint or 'the Hub'} and is not cached ({e.__cause__ or e}). "
+            "Check the connection, HF_ENDPOINT and HF_TOKEN, or copy the submission folder here and pass its path."
+        ) from None
+    except (OSError, *network_errors()) as e:  # missing repo or revision, auth, server errors (HfHubHTTPError)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SubmissionError(
+            f"{loc} could not be downloaded ({type(e).__name__}: {first}). Check owner/repo@revision and HF_TOKEN, "
+            "or copy the submission folder here and pass its path."
+        ) from None
+    return Path(local)
+
+
+def _snapshot_commit(folder: Path) -> str | None:
+    """The commit of a Hugging Face cache snapshot folder (``.../snapshots/<commit>``), if it is one."""
+    return folder.name if folder.parent.name == "snapshots" and folder.name else None
 
 
 def model_config_sha256(cfg: SurrogateConfig, members: Mapping[str, SurrogateConfig] | None = None) -> str:
@@ -278,14 +341,16 @@ def load_surrogate(location: str | os.PathLike, device: str | torch.device = "cp
             raise SubmissionError(f"{sub / CONFIG_NAME}: members of a {cfg.kind} must be single checkpoints.")
         model, shas[m] = _load_single(sub, sub_cfg)
         members.append(model.to(device))
-    classes = {getattr(mm, "num_classes", None) for mm in members}
-    if len(classes) != 1:
-        raise SubmissionError(f"{folder}: members disagree on num_classes ({sorted(map(str, classes))}).")
+    for attr in ("num_classes", "input_size"):
+        values = {getattr(mm, attr, None) for mm in members}
+        if len(values) != 1:
+            raise SubmissionError(f"{folder}: members disagree on {attr} ({sorted(map(str, values))}).")
     sha = sha256_text(json.dumps({"kind": cfg.kind, "members": shas}, sort_keys=True))
     config_sha = model_config_sha256(cfg, member_cfgs)
     if cfg.kind == "ensemble":
         ens = Ensemble(members).eval()
-        ens.num_classes = classes.pop()  # type: ignore[assignment]
+        ens.num_classes = members[0].num_classes  # type: ignore[assignment]
+        ens.input_size = members[0].input_size  # type: ignore[assignment]
         return Surrogate(name, "ensemble", cfg, sha, [ens], [name], shas, source, config_sha)
     return Surrogate(name, "seed-group", cfg, sha, members, list(cfg.members), shas, source, config_sha)
 
@@ -316,21 +381,47 @@ def atomic_folder(out: Path, fill: Callable[[Path], None], overwrite: bool) -> P
     """Write a folder all at once: ``fill`` writes into a temporary sibling, which then replaces ``out``.
 
     An existing ``out`` is refused unless ``overwrite``; if ``fill`` fails, ``out`` is left as it was and the
-    temporary folder is removed, so a reader never sees a half-written submission.
+    temporary folder is removed, so a reader never sees a half-written submission. With ``overwrite`` the old
+    folder is renamed aside (``.<name>.old-<random>``) before the new one moves in and deleted only after, so an
+    interruption leaves the old or the new folder, never neither. The folder gets the usual mode (0777 less the
+    umask), like any folder the user creates.
     """
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) or choose another folder.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _new_sibling(out, "tmp", create=True)
     try:
         fill(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        aside = _new_sibling(out, "old", create=False) if out.exists() else None
+        if aside is not None:
+            os.replace(out, aside)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if aside is not None:
+                os.replace(aside, out)  # put the old folder back
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _new_sibling(out: Path, tag: str, *, create: bool) -> Path:
+    """A fresh hidden name beside ``out``; created with ``os.mkdir`` (mode 0777 less the umask) when ``create``."""
+    for _ in range(100):
+        candidate = out.parent / f".{out.name}.{tag}-{secrets.token_hex(4)}"
+        if create:
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            return candidate
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(f"could not find a free temporary name beside {out}; remove stale .{out.name}.* folders.")
 
 
 def save_surrogate(

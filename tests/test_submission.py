@@ -179,6 +179,26 @@ def test_failed_overwrite_keeps_the_old_folder(tmp_path: Path, monkeypatch: pyte
     assert _leftovers(tmp_path) == []
 
 
+def test_overwrite_that_fails_at_the_swap_puts_the_old_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old folder is moved aside, not deleted, before the new one moves in: a failed move restores it."""
+    out = _save_digits(tmp_path / "s", seed=0)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = os.replace
+
+    def failing_replace(src: Any, dst: Any) -> None:
+        if ".tmp-" in Path(src).name:  # the new folder moving in
+            raise OSError(28, "No space left on device (simulated)")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        _save_digits(out, seed=1, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _leftovers(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Ensembles and seed groups
 # ----------------------------------------------------------------------------------------------------------------------
@@ -276,6 +296,17 @@ def test_group_members_must_agree_on_num_classes(tmp_path: Path) -> None:
     out = save_group({"a": a, "b": b}, tmp_path / "g", kind="ensemble")
     with pytest.raises(SubmissionError, match="disagree on num_classes"):
         load_surrogate(out)
+
+
+@pytest.mark.parametrize("kind", ["ensemble", "seed-group"])
+def test_group_members_must_agree_on_input_size(tmp_path: Path, kind: str) -> None:
+    """The runner checks one declared input size against the protocol; a group must have exactly one."""
+    a = _save_digits(tmp_path / "a", seed=0)
+    b = _save_digits(tmp_path / "b", seed=1, input_size=(1, 16, 16))  # small_cnn pools, so it runs at either size
+    with pytest.raises(SubmissionError, match=r"disagree on input_size .*16, 16"):
+        load_surrogate(save_group({"a": a, "b": b}, tmp_path / "g", kind=kind))
+    same = load_surrogate(save_group({"a": a, "c": _save_digits(tmp_path / "c", seed=2)}, tmp_path / "h", kind=kind))
+    assert {m.input_size for m in same.runs} == {(1, 8, 8)}  # what the runner compares with the protocol
 
 
 @pytest.mark.parametrize("member", ["../x", "../../x", "sub/../../x", ".", "/tmp"])
@@ -378,6 +409,10 @@ def test_config_must_be_an_object(single: Path) -> None:
         ({"num_classes": ...}, "num_classes"),
         ({"input_size": [1, 8]}, "input_size"),
         ({"input_size": [1, 8, 0]}, "input_size"),
+        ({"input_size": [True, 8, 8]}, "input_size"),  # JSON true is not 1
+        ({"mean": [float("nan")]}, "mean"),  # json writes NaN and reads it back
+        ({"std": [float("inf")]}, "std"),
+        ({"mean": [True]}, "mean"),
         ({"mean": [0.5, 0.5]}, "mean"),
         ({"std": []}, "std"),
         ({"mean": ...}, "mean"),
@@ -512,6 +547,39 @@ def _fake_hub(monkeypatch: pytest.MonkeyPatch, folder: Path) -> _FakeSnapshot:
     return fake
 
 
+@pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "TRANSFERBENCH_OFFLINE"])
+def test_hf_location_offline_reads_only_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls: list[dict[str, Any]] = []
+
+    def not_cached(**kwargs: Any) -> str:
+        calls.append(kwargs)
+        raise LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_cached)
+    monkeypatch.setenv(var, "1")
+    with pytest.raises(SubmissionError, match=rf"hf://owner/repo@v2 is not in the Hugging Face cache .*{var}"):
+        load_surrogate("hf://owner/repo@v2")
+    assert calls[0]["local_files_only"] is True and calls[0]["revision"] == "v2"
+
+
+def test_hf_location_download_failure_names_the_location_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def refused(**kwargs: Any) -> str:
+        assert kwargs["local_files_only"] is False
+        raise ConnectionError("Failed to resolve 'huggingface.co'\n(traceback detail)")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refused)
+    with pytest.raises(SubmissionError) as err:
+        load_surrogate("hf://owner/missing")
+    msg = str(err.value)
+    assert "hf://owner/missing could not be downloaded (ConnectionError: Failed to resolve" in msg
+    assert "traceback detail" not in msg and "copy the submission folder here" in msg
+
+
 def test_hf_location_with_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     snap = _save_digits(tmp_path / "snapshots" / "abc123", seed=4, metadata={"name": "hub-model"})
     fake = _fake_hub(monkeypatch, snap)
@@ -536,12 +604,23 @@ def test_hf_location_with_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert sorted(filter_repo_objects(wanted + unsafe, allow_patterns=patterns)) == sorted(wanted)
 
 
-def test_hf_location_without_revision_means_main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = _fake_hub(monkeypatch, _save_digits(tmp_path / "snap", metadata={"name": "n"}))
+def test_hf_location_without_revision_records_the_resolved_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = "4c2f" * 10
+    fake = _fake_hub(monkeypatch, _save_digits(tmp_path / "snapshots" / commit, metadata={"name": "n"}))
     s = load_surrogate("hf://owner/repo")
     assert fake.calls[0]["repo_id"] == "owner/repo"
     assert fake.calls[0]["revision"] is None
-    assert s.source == "hf://owner/repo@main"
+    assert s.source == f"hf://owner/repo@{commit}"  # main moves; the commit that was read does not
+
+
+def test_hf_location_outside_a_cache_snapshot_keeps_the_revision_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_hub(monkeypatch, _save_digits(tmp_path / "snap", metadata={"name": "n"}))
+    assert load_surrogate("hf://owner/repo").source == "hf://owner/repo@main"
+    assert load_surrogate("hf://owner/repo@v1").source == "hf://owner/repo@v1"
 
 
 def test_hf_group_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: dict[str, Path]) -> None:
