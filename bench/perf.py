@@ -474,7 +474,9 @@ def _protocol_run(
     from targets import load_targets
 
     surrogate = load_surrogate(folder, device=device)
-    targets = load_targets(list(protocol.targets), weights_dir=args.weights_dir, device=device)
+    targets = load_targets(
+        list(protocol.targets), weights_dir=args.weights_dir, device=device, input_size=protocol.input_size
+    )
     synchronize(device)
     t0 = time.perf_counter()
     rec = evaluate(surrogate, protocol, data, targets, device=device, batch_size=args.protocol_batch,

@@ -47,6 +47,8 @@ DEFAULT_BATCH_SIZE = 256  # without an explicit size, off CUDA (where free memor
 # Cap of the batch size sized from free GPU memory: issue #7 measures a CIFAR ResNet-18 at 1,024 images per
 # batch, where an H100 is busy; larger batches mainly coarsen progress and back-off (docs/performance.md).
 MAX_AUTO_BATCH = 2048
+_UNPINNED = ("target %s has no pinned clean accuracy for data %s: its weights and preprocessing are not checked "
+             "against an expectation (see `transferbench targets verify`)")  # fmt: skip
 
 
 class EvaluationError(RuntimeError):
@@ -102,6 +104,37 @@ def adapt_to_protocol(name: str, model: nn.Module, num_classes: int, protocol: P
         f"{name} has {num_classes} classes; {protocol.id} accepts {accepted}. Fix num_classes in its config.json "
         "or pick another protocol."
     )
+
+
+def _check_input_size(surrogate: Surrogate, members: list[nn.Module], protocol: Protocol) -> None:
+    """The submission must declare the protocol's input size: images are fed at that size, never resized."""
+    declared = [getattr(m, "input_size", None) for m in members]
+    if surrogate.kind == "single":
+        declared.append(surrogate.config.input_size)
+    wrong = sorted({tuple(d) for d in declared if d is not None and tuple(d) != tuple(protocol.input_size)})
+    if wrong:
+        raise EvaluationError(
+            f"surrogate {surrogate.name} declares input_size {list(wrong[0])}, but {protocol.id} feeds "
+            f"{list(protocol.input_size)} images in [0, 1]. Train or fine-tune it at that size and set input_size in "
+            "config.json, or pick the protocol made for its size."
+        )
+
+
+def _check_target_sizes(targets: dict[str, LoadedTarget], protocol: Protocol) -> None:
+    """Every target must have been loaded for the protocol's image size: a zoo entry with another native size
+    resizes the protocol's images inside its wrapper (``load_target(input_size=...)``), and without that wrapper
+    it would see images of a size it was not trained at, silently changing its accuracy and every ASR."""
+    want = tuple(protocol.input_size)[-2:]
+    for n, tg in targets.items():
+        native = TARGETS.get(n).input_size if n in TARGETS else None
+        got = None if tg.input_size is None else tuple(tg.input_size)[-2:]
+        if got == want or (got is None and (native is None or tuple(native)[-2:] == want)):
+            continue
+        built = f"was loaded for {list(got)} images" if got else f"was loaded without an input size (native {native})"
+        raise EvaluationError(
+            f"target {n} {built}, but {protocol.id} feeds {list(want)}: load it with "
+            "targets.load_targets(names, input_size=protocol.input_size) so that it resizes to its native size."
+        )
 
 
 def weight_sharpness(
@@ -249,6 +282,8 @@ def _run_result(
 ) -> dict[str, Any]:
     """One run's record entry. ``fast``/``scorers``: at the evaluation's precision; ``model``/``targets``: fp32."""
     check_model(name, model, b.x[: min(8, len(b.y))].to(device), protocol.num_classes)
+    # Metrics before the grid: a model whose curvature or gradients overflow fails before the costly part.
+    metrics = _surrogate_metrics(name, model, protocol, b, targets, device)
     correct = (_predict(name, fast, b, device, protocol) == b.y).numpy()
     success = _craft_and_score(fast, protocol, b, scorers, device, bar)
     cells: dict[str, Any] = {}
@@ -264,12 +299,40 @@ def _run_result(
                 for n in targets
             },
         }
+    return {
+        "name": name,
+        "sha256": sha,
+        "clean_accuracy": float(correct.mean()),
+        **metrics,
+        "cells": cells,
+        "outcomes": {
+            "clean_correct": pack_bits(correct),
+            "success": {k: {n: pack_bits(v) for n, v in d.items()} for k, d in success.items()},
+        },
+    }
+
+
+def _surrogate_metrics(
+    name: str, model: nn.Module, protocol: Protocol, b: _Batches, targets: dict[str, LoadedTarget], device: torch.device
+) -> dict[str, Any]:
+    """Smoothness, gradient similarity to every target and (if the protocol has it) weight sharpness, in fp32.
+
+    A non-finite value is an error naming the images: one broken Hessian-vector product would otherwise turn
+    the mean into NaN and fail only when the record is stored, after the whole grid has been paid for.
+    """
     sub = balanced_subset(b.y, protocol.smoothness_images, protocol.num_classes)
     sm = b.metric.call(
         lambda bs: smoothness(model, b.x[sub], b.y[sub], batch_size=bs, iters=protocol.smoothness_iters,
                               tol=protocol.smoothness_tol, device=device, ids=b.ids[sub]),
         len(sub),
     )  # fmt: skip
+    bad = ~torch.isfinite(sm.eigenvalues)
+    if bad.any():
+        raise EvaluationError(
+            f"surrogate {name}: the input-Hessian eigenvalue is not finite on {int(bad.sum())} image(s) (ids "
+            f"{b.ids[sub][bad][:5].tolist()}): the model's loss or its gradients overflow there. Check the checkpoint "
+            "(evaluate it in fp32 on these images) before submitting."
+        )
     sim_sub = balanced_subset(b.y, protocol.similarity_images, protocol.num_classes)
     sims = b.metric.call(
         lambda bs: gradient_similarity_many(model, {n: t.model for n, t in targets.items()}, b.x[sim_sub],
@@ -278,10 +341,12 @@ def _run_result(
     )  # fmt: skip
     ws_images = protocol.weight_sharpness.images if protocol.weight_sharpness is not None else None
     ws = b.metric.call(lambda bs: weight_sharpness(model, protocol, b.x, b.y, device, bs), ws_images)
+    if ws is not None and not all(np.isfinite(ws[k]) for k in ("top_eigenvalue", "trace")):
+        raise EvaluationError(
+            f"surrogate {name}: weight sharpness is not finite (top eigenvalue {ws['top_eigenvalue']}, trace "
+            f"{ws['trace']}): the loss overflows at these weights. Check the checkpoint before submitting."
+        )
     return {
-        "name": name,
-        "sha256": sha,
-        "clean_accuracy": float(correct.mean()),
         **({"weight_sharpness": ws} if ws is not None else {}),
         "smoothness": {
             "mean": sm.mean,
@@ -291,11 +356,6 @@ def _run_result(
             "n_converged": sm.n_converged,
         },
         "similarity": {n: {"mean": _finite(s.mean), "min": _finite(s.min), "n": s.n_valid} for n, s in sims.items()},
-        "cells": cells,
-        "outcomes": {
-            "clean_correct": pack_bits(correct),
-            "success": {k: {n: pack_bits(v) for n, v in d.items()} for k, d in success.items()},
-        },
     }
 
 
@@ -346,14 +406,23 @@ def _classes_of(name: str, target: LoadedTarget, protocol: Protocol) -> int:
 
 
 def score_of(run: dict[str, Any], protocol: Protocol) -> float:
-    """Ranking number of one run: mean over targets of the ranking ASR in the ranking cell."""
+    """Ranking number of one run: mean over the protocol's targets of the ranking ASR in the ranking cell.
+
+    A target whose rate is undefined (no image it classifies correctly, possible only in a small partial run)
+    is left out with a warning.
+    """
     per_target = run["cells"][protocol.ranking_cell]["targets"]
-    rates = [
-        t[protocol.ranking_asr]["rate"] for t in per_target.values() if t[protocol.ranking_asr]["rate"] is not None
-    ]
-    if not rates:
+    missing = [n for n in protocol.targets if n not in per_target]
+    if missing:
+        raise EvaluationError(f"run {run.get('name')!r} has no {protocol.ranking_cell} result for targets {missing}")
+    rates = {n: per_target[n][protocol.ranking_asr]["rate"] for n in protocol.targets}
+    undefined = [n for n, r in rates.items() if r is None]
+    if undefined:
+        log.warning("score of %s leaves out %s: no image they classify correctly", run.get("name"), undefined)
+    defined = [r for r in rates.values() if r is not None]
+    if not defined:
         raise EvaluationError(f"no target has a defined {protocol.ranking_asr} ASR in {protocol.ranking_cell}")
-    return float(np.mean(rates))
+    return float(np.mean(defined))
 
 
 def evaluate(
@@ -416,6 +485,16 @@ def _evaluate(
     missing = [n for n in protocol.targets if n not in targets]
     if missing:
         raise EvaluationError(f"{protocol.id} needs targets {missing}; load them with targets.load_targets().")
+    extra = [n for n in targets if n not in protocol.targets]
+    if extra:
+        raise EvaluationError(
+            f"targets {extra} are not in {protocol.id}: their ASRs would enter the score under the protocol's hash. "
+            "Evaluate another target set with a protocol restricted to it (`--targets`, which changes the hash)."
+        )
+    if "surrogate" in targets:
+        raise EvaluationError("a target may not be named 'surrogate': records use that name for the surrogate's bits")
+    _check_input_size(surrogate, members, protocol)
+    _check_target_sizes(targets, protocol)
     images = select_images(protocol, data, limit)
     torch.manual_seed(protocol.seed)  # nothing should draw from it; set so that anything that does is repeatable
     fast = [prepare(m, precision, channels_last=channels_last) for m in members]
@@ -429,11 +508,14 @@ def _evaluate(
     )  # fmt: skip
     target_correct = {}
     target_info = {}
+    data_sha = images.content_sha256()
     for n, tg in targets.items():
         check_model(n, tg.model, b.x[: min(8, len(b.y))].to(device), protocol.num_classes)
         target_correct[n] = (_predict(n, scorers[n], b, device, protocol) == b.y).numpy()
-        if limit is None and n in TARGETS:  # the zoo pins accuracy on full image lists only
-            check_expected_accuracy(n, images.content_sha256(), float(target_correct[n].mean()))
+        # The zoo pins accuracy on full image lists only.
+        pinned = limit is None and n in TARGETS
+        if pinned and check_expected_accuracy(n, data_sha, float(target_correct[n].mean())) is None:
+            log.warning(_UNPINNED, n, data_sha[:12])
         target_info[n] = {
             "sha256": tg.sha256,
             "source": tg.source,
@@ -471,7 +553,7 @@ def _evaluate(
         },
         data={
             "source": data.source,
-            "sha256": images.content_sha256(),
+            "sha256": data_sha,
             "full_sha256": data.content_sha256(),
             "n_images": len(images),
             "partial": limit is not None and limit < len(protocol.image_ids),

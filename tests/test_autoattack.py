@@ -114,7 +114,8 @@ def test_an_autoattack_cell_runs_through_the_runner(one_thread) -> None:
     )
     model = _trained(1, width=8)
     model.num_classes = 10  # what load_surrogate sets from config.json
-    cfg = SurrogateConfig(kind="single", architecture="small_cnn", num_classes=10, arch_kwargs={"width": 8})
+    cfg = SurrogateConfig(kind="single", architecture="small_cnn", num_classes=10, input_size=(1, 8, 8),
+                          arch_kwargs={"width": 8})  # fmt: skip
     sur = Surrogate(name="s", kind="single", sha256="0" * 64, config=cfg, runs=[model], run_names=["s"],
                     member_sha256={}, source="test")  # fmt: skip
     targets = {"smoke-mlp": LoadedTarget("smoke-mlp", _trained(2, "mlp", hidden=16), "1" * 64, "t", "smoke")}

@@ -173,3 +173,19 @@ def test_a_ten_class_surrogate_is_refused_by_the_imagenet_protocol(tmp_path: Pat
 
     with pytest.raises(EvaluationError, match=r"has 10 classes; imagenet-v1 accepts 1000\b"):
         evaluate(load_surrogate(_surrogate(tmp_path, 10)), get_protocol("imagenet"), None, {}, progress=False)  # type: ignore[arg-type]
+
+
+def test_a_target_not_loaded_for_the_protocols_size_is_refused(tmp_path: Path, weights_mirror: Path) -> None:
+    """Without the protocol's size, a target of another native size would see images it was not trained at."""
+    from bench.runner import EvaluationError
+
+    protocol = _shrink("imagenet", 4)
+    surrogate = load_surrogate(_surrogate(tmp_path, 1000))
+    native = next(n for n, (_, size) in TINY.items() if size != SIZE)
+    for size, built in ((None, r"without an input size \(native"), ((3, 2 * SIZE, 2 * SIZE), r"for \[64, 64\]")):
+        targets = load_targets(protocol.targets, weights_dir=weights_mirror, input_size=protocol.input_size)
+        targets[native] = load_targets([native], weights_dir=weights_mirror, input_size=size)[native]
+        with pytest.raises(
+            EvaluationError, match=rf"target {native} was loaded {built}.*input_size=protocol.input_size"
+        ):
+            evaluate(surrogate, protocol, None, targets, progress=False)  # type: ignore[arg-type]

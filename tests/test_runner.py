@@ -131,6 +131,74 @@ def test_nan_logits_fail_loudly_and_nothing_is_written(world, tmp_path: Path) ->
     assert not out.exists() or not any(out.rglob("*.json"))
 
 
+def test_extra_targets_a_reserved_name_and_a_wrong_input_size_are_refused(world, tmp_path: Path) -> None:
+    sur = load_surrogate(world["folders"]["sur-a"])
+    one_more = {**world["targets"], "extra": world["targets"]["smoke-mlp"]}
+    with pytest.raises(EvaluationError, match=r"not in smoke-digits.*--targets"):
+        evaluate(sur, PROTO, world["data"], one_more, limit=5, progress=False)
+    folder = save_surrogate(_trained("small_cnn", 4, width=16), tmp_path / "big", architecture="small_cnn",
+                            num_classes=10, mean=(0.5,), std=(0.5,), input_size=(1, 16, 16),
+                            arch_kwargs={"width": 16})  # fmt: skip
+    with pytest.raises(EvaluationError, match=r"input_size \[1, 16, 16\].*\[1, 8, 8\]"):
+        _evaluate(world, folder)
+    ensemble = save_group({"m": folder}, tmp_path / "ens", kind="ensemble")  # the members' size counts too
+    with pytest.raises(EvaluationError, match=r"input_size \[1, 16, 16\].*\[1, 8, 8\]"):
+        _evaluate(world, ensemble)
+
+
+def test_the_score_averages_the_protocols_targets_and_skips_undefined_rates(world, caplog) -> None:
+    from bench.runner import score_of
+
+    cell, asr = PROTO.ranking_cell, PROTO.ranking_asr
+    run = {"name": "r", "cells": {cell: {"targets": {n: {asr: {"rate": 0.2 * (i + 1)}} for i, n in
+                                                      enumerate(PROTO.targets)}}}}  # fmt: skip
+    assert score_of(run, PROTO) == pytest.approx(0.4)
+    run["cells"][cell]["targets"][PROTO.targets[2]][asr]["rate"] = None
+    assert score_of(run, PROTO) == pytest.approx(0.3)
+    assert "leaves out" in caplog.text
+    del run["cells"][cell]["targets"][PROTO.targets[0]]
+    with pytest.raises(EvaluationError, match=r"no .* result for targets"):
+        score_of(run, PROTO)
+
+
+def test_non_finite_metrics_fail_before_the_attack_grid(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.runner as runner
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the attack grid must not start")
+
+    real = runner.smoothness
+
+    def nan_smoothness(*args, **kwargs):  # type: ignore[no-untyped-def]
+        res = real(*args, **kwargs)
+        res.eigenvalues[1] = float("nan")
+        return res
+
+    monkeypatch.setattr(runner, "_craft_and_score", broken)
+    monkeypatch.setattr(runner, "smoothness", nan_smoothness)
+    with pytest.raises(EvaluationError, match=r"not finite on 1 image"):
+        _evaluate(world, world["folders"]["sur-a"])
+
+
+def test_a_target_with_infinite_input_gradients_is_an_error_not_a_dropped_image(world) -> None:
+    from bench.metrics.similarity import gradient_similarity
+
+    class SqrtInput(torch.nn.Module):  # finite logits, infinite gradient where a pixel is exactly 0
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x.abs().sqrt())
+
+    x = world["data"].images()[:8]
+    y = world["data"].labels[:8]
+    assert (x == 0).any()
+    sur = load_surrogate(world["folders"]["sur-a"]).runs[0]
+    with pytest.raises(ValueError, match=r"target .*non-finite input gradient"):
+        gradient_similarity(sur, SqrtInput(world["targets"]["smoke-mlp"].model).eval(), x, y)
+
+
 @pytest.mark.slow
 def test_real_cifar10_external_resnets(shared_cifar: Path, shared_weights: Path, tmp_path: Path) -> None:
     """ResNet-20 (trained elsewhere) as surrogate against ResNet-32/44/56 on the JPEG CIFAR-10 copy."""

@@ -7,7 +7,8 @@ transfers.
 
 A cosine is undefined when either gradient is exactly zero (e.g. a saturated softmax or dead ReLUs). Such
 images get NaN rather than 0: a 0 would claim "orthogonal gradients" and bias the mean towards zero.
-``SimilarityResult`` therefore aggregates over the finite values only and reports how many there are.
+``SimilarityResult`` therefore aggregates over the finite values only and reports how many there are. A
+non-finite gradient (inf/NaN: a broken model or an overflow) is an error, not an undefined cosine.
 
 This module also holds the small input checks shared with ``bench.metrics.smoothness``.
 """
@@ -105,6 +106,22 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return torch.zeros_like(x) if grad is None else grad.detach()
 
 
+def finite_gradient(model_name: str, grad: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """``grad`` (B, ...) itself, or ValueError naming the model and the rows (``offset`` + row) that hold inf/NaN.
+
+    Only an exactly zero gradient makes a cosine undefined (NaN, left out of the mean); a non-finite one is a
+    broken model or an overflow, and silently leaving those images out would bias the mean.
+    """
+    bad = ~torch.isfinite(grad.flatten(1)).all(dim=1)  # (B,)
+    if bad.any():
+        rows = (bad.nonzero().flatten() + offset).tolist()
+        raise ValueError(
+            f"{model_name} has a non-finite input gradient on {len(rows)} image(s) (rows {rows[:5]} of the set): its "
+            "loss overflows there. Evaluate the model in fp32 on these images and fix the checkpoint."
+        )
+    return grad
+
+
 def cosine_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise cosine of two (B, ...) tensors, flattened per image: (B,) float32 on CPU, NaN where a norm is 0.
 
@@ -176,8 +193,9 @@ def gradient_similarity_many(
     for start in range(0, n, batch_size):
         x = images[start : start + batch_size].to(device=device, dtype=torch.float32)  # (b, C, H, W)
         y = labels[start : start + batch_size].to(device)  # (b,)
-        grad_surrogate = input_gradient(surrogate, x, y)  # (b, C, H, W)
+        grad_surrogate = finite_gradient("the surrogate", input_gradient(surrogate, x, y), start)  # (b, C, H, W)
         for name, target in targets.items():
-            parts[name].append(cosine_per_image(grad_surrogate, input_gradient(target, x, y)))
+            grad_target = finite_gradient(f"target {name}", input_gradient(target, x, y), start)
+            parts[name].append(cosine_per_image(grad_surrogate, grad_target))
     empty = torch.empty(0, dtype=torch.float32)
     return {name: SimilarityResult(torch.cat(p) if p else empty) for name, p in parts.items()}
