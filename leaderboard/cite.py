@@ -1,8 +1,10 @@
 """BibTeX for TransferBench, for one leaderboard entry, and for the seed paper whose definitions the metrics follow.
 
-A TransferBench number is only meaningful with its protocol key and hash (and the data hash), so the entry
-for a submission carries them, together with the score and the surrogate's sha256. All user-supplied text
-(names, recipes, paper titles) is escaped so that it cannot break the BibTeX file or the LaTeX document.
+A TransferBench number is only meaningful with its protocol key and hash, the data hash and the weights hash
+of every target, so the entry for a submission carries them, together with the score, the surrogate's sha256
+and what produced the number as the record states it (package version and git sha, torch, CUDA, device). All
+user-supplied text (names, recipes, paper titles) is escaped so that it cannot break the BibTeX file or the LaTeX
+document.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import bench
 from leaderboard.page import model_card_url
 from leaderboard.record import Record
 from leaderboard.store import protocol_key
+from leaderboard.table import target_weights
 
 # Placeholder: the public Hub leaderboard is not published yet (open issue #4); replace once it exists.
 BENCHMARK_URL = "https://huggingface.co/datasets/transferbench/leaderboard"
@@ -78,8 +81,16 @@ def _authors(meta: dict[str, Any]) -> str | None:
     return bib_escape(authors)
 
 
+def _produced_by(p: dict[str, Any]) -> str:
+    """``Computed with TransferBench <version> (git <sha>), torch <v>, CUDA <v>, on <device>`` from a record."""
+    return (f"Computed with TransferBench {bib_escape(p.get('package_version', ''))} "
+            f"(git {bib_escape(p.get('git_sha') or 'n/a')}), torch {bib_escape(p.get('torch') or 'n/a')}, "
+            f"CUDA {bib_escape(p.get('cuda') or 'none')}, on {bib_escape(p.get('device') or 'n/a')}")  # fmt: skip
+
+
 def entry_bibtex(record: Record) -> str:
-    """@misc for one leaderboard entry: name, recipe/paper metadata, protocol key + sha256, score, data hash."""
+    """@misc for one leaderboard entry: name, recipe/paper metadata, protocol key + sha256, score, data hash, target
+    weight hashes, and the record's own provenance (its package version and git sha, not the installed ones)."""
     sub, meta = record.submission, record.submission.get("metadata", {}) or {}
     key = protocol_key(record.protocol)
     score = 100 * float(record.score["mean"])
@@ -95,6 +106,8 @@ def entry_bibtex(record: Record) -> str:
         f"{bib_escape(record.protocol.get('ranking_cell', ''))}",
         f"data sha256 {record.data['sha256']}" + (" (partial run)" if record.data.get("partial") else ""),
         f"surrogate sha256 {sub['sha256']}",
+        "target sha256 " + ", ".join(f"{bib_escape(n)} {bib_escape(sha)}" for n, sha in target_weights(record)),
+        _produced_by(record.provenance),
     ]
     if record.off_protocol_precision:
         note.append(f"computed in {bib_escape(record.provenance.get('precision', ''))}, not the protocol's "

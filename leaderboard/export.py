@@ -1,21 +1,30 @@
 """Every number of a set of records as tables, and those tables as CSV, Markdown and LaTeX.
 
 All tables are pure functions of records (nothing is read from disk or the clock), so the same records
-always give byte-identical exports. Each export starts with a caption line that names the protocol key
-and the full protocol sha256 (and the data sha256), which is what a reader needs to cite the numbers:
-two numbers are comparable only if both hashes agree.
+always give byte-identical exports. Each export starts with a caption line that names the package version(s)
+and git sha(s) that produced the records (not those of the installation that exports them), and per protocol
+its key and full sha256, the data sha256s and the sha256 of every target's weights, which is what a reader
+needs to cite the numbers: two numbers are comparable only if all these hashes agree.
 
 Tables:
 
 - :func:`long_table`: one row per (record, run, attack, eps, mode, target, ASR definition) with the
-  success count ``k``, the denominator ``n``, the rate and its 95% Wilson interval. A record with several
-  runs (a seed group) has one row per run plus a ``pooled`` row (``k`` and ``n`` summed over runs, Wilson
-  interval on the sums); ``summary`` marks the row that stands for the record (its only run, or the
-  pooled row). For ``target_correct`` and ``all`` every run has the same denominator, so the pooled rate
-  equals the mean of the run rates, i.e. the seed-group convention of the ranking score.
+  success count ``k``, the denominator ``n``, the rate and its 95% Wilson interval, the weights hash of the
+  target, and the provenance of the record (package version, git sha, torch, CUDA, device; ``record_sha256``
+  is the record's integrity hash, which tells apart two records of one surrogate). A record with several
+  runs (a seed group) has one row per run plus a ``pooled`` row; ``summary`` marks the row that stands for
+  the record (its only run, or the pooled row). The pooled row's ``k`` and ``n`` are summed over runs and its
+  rate is ``k / n``; for ``target_correct`` and ``all`` every run has the same denominator, so that rate
+  equals the mean of the run rates, i.e. the seed-group convention of the ranking score. Its interval is
+  not the Wilson interval of the sums: the seeds attack the *same* images, so ``n`` summed over seeds counts
+  each image several times and would give an interval about sqrt(seeds) too narrow. It is the Wilson
+  interval of the pooled rate at the number of images one run's rate is over (``n`` / runs): images are the
+  sampling unit, and seed-to-seed variation is reported by the per-run rows and the score's std.
 - :func:`wide_table`: surrogate x target per budget for one attack, mode and ASR definition, in percent,
   with the mean over targets per budget (the ranking score's aggregation).
-- :func:`ranked`: :func:`leaderboard.table.ranked_table` with the citation attached.
+- :func:`ranked`: :func:`leaderboard.table.ranked_table` with the citation attached; in Markdown and LaTeX a
+  protocol whose records fall into several ranking groups (other data, other target weights) gets one table
+  per group, captioned with what differs.
 """
 
 from __future__ import annotations
@@ -33,7 +42,15 @@ from bench.metrics.asr import wilson
 from bench.protocol import ASR_DEFINITIONS
 from leaderboard.record import Record
 from leaderboard.store import protocol_key
-from leaderboard.table import ranked_precision, ranked_table
+from leaderboard.table import (
+    GROUP_NOTE,
+    TIE_NOTE,
+    group_labels,
+    leaderboard_order,
+    ranked_precision,
+    ranked_table,
+    target_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +60,9 @@ _CELL = re.compile(r"(?P<attack>[^/]+)/linf-(?P<eps>\d+)/(?P<mode>[^/]+)")
 
 LONG_COLUMNS = [
     "protocol", "protocol_sha256", "protocol_kind", "data_sha256", "partial", "precision", "surrogate",
-    "surrogate_sha256", "recipe", "type", "run", "summary", "cell", "attack", "eps_255", "mode", "target", "asr",
-    "k", "n", "rate", "lo", "hi",
+    "surrogate_sha256", "record_sha256", "recipe", "type", "package_version", "git_sha", "torch", "cuda", "device",
+    "run", "summary", "cell", "attack", "eps_255", "mode", "target", "target_sha256", "asr", "k", "n", "rate", "lo",
+    "hi",
 ]  # fmt: skip
 
 
@@ -74,7 +92,8 @@ def parse_cell(key: str) -> tuple[str, int, str]:
 
 
 def citation_info(records: Iterable[Record]) -> dict[str, dict[str, Any]]:
-    """Per protocol key: its full sha256, kind and the data sha256s of the records (what a citation needs)."""
+    """Per protocol key what a citation needs: its full sha256 and kind, the data sha256s, the target weights
+    (``name:sha256``), and the package versions and git shas recorded by the runs that produced the records."""
     info: dict[str, dict[str, Any]] = {}
     for key, recs in by_protocol(records).items():
         shas = sorted({r.protocol["sha256"] for r in recs})
@@ -82,17 +101,34 @@ def citation_info(records: Iterable[Record]) -> dict[str, dict[str, Any]]:
             "sha256": shas[0] if len(shas) == 1 else ",".join(shas),
             "kind": recs[0].protocol.get("kind", ""),
             "data_sha256": sorted({r.data["sha256"] for r in recs}),
+            "targets": sorted({f"{name}:{sha}" for r in recs for name, sha in target_weights(r)}),
+            "package_version": sorted({str(r.provenance.get("package_version", "")) for r in recs}),
+            "git_sha": sorted({str(r.provenance.get("git_sha") or "n/a") for r in recs}),
         }
     return info
 
 
+def producer(info: dict[str, dict[str, Any]], *, short: bool = False) -> str:
+    """``TransferBench <version(s)> (git <sha(s)>)`` of the records behind ``info``; the installed version when
+    there are no records. ``short`` cuts git shas to 12 characters (for captions)."""
+    versions = sorted({v for d in info.values() for v in d.get("package_version", [])})
+    gits = sorted({g for d in info.values() for g in d.get("git_sha", [])})
+    if not versions:
+        return f"TransferBench {bench.__version__}"
+    if short:
+        gits = [g if g == "n/a" else g[:12] + ("+dirty" if g.endswith("+dirty") else "") for g in gits]
+    return f"TransferBench {', '.join(versions)} (git {', '.join(gits)})"
+
+
 def citation_line(info: dict[str, dict[str, Any]], what: str = "") -> str:
-    """One line: package version, what the table shows, and per protocol its key, sha256 and data sha256s."""
+    """One line: the records' package version(s) and git sha(s), what the table shows, and per protocol its key,
+    sha256, data sha256s and target weights."""
     parts = []
     for key, d in info.items():
         smoke = " [SMOKE: not benchmark results]" if d.get("kind") == "smoke" else ""
-        parts.append(f"protocol {key}{smoke} sha256 {d['sha256']} data sha256 {','.join(d['data_sha256'])}")
-    head = f"TransferBench {bench.__version__}" + (f" | {what}" if what else "")
+        targets = f" targets {','.join(d['targets'])}" if d.get("targets") else ""
+        parts.append(f"protocol {key}{smoke} sha256 {d['sha256']} data sha256 {','.join(d['data_sha256'])}{targets}")
+    head = producer(info) + (f" | {what}" if what else "")
     return " | ".join([head, *parts]) if parts else f"{head} | no records"
 
 
@@ -110,6 +146,36 @@ def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
+def _provenance_columns(r: Record) -> dict[str, Any]:
+    p = r.provenance
+    return {
+        "package_version": str(p.get("package_version", "")),
+        "git_sha": p.get("git_sha"),
+        "torch": p.get("torch"),
+        "cuda": p.get("cuda"),
+        "device": p.get("device"),
+    }
+
+
+def pooled_interval(k: int, n: int, runs: int) -> tuple[float, float]:
+    """95% interval of a seed group's pooled rate ``k / n`` (counts summed over ``runs`` seeds on the same images):
+    the Wilson interval at the images of one run, ``n / runs``, since repeating a seed on the same images adds no
+    new images (summing ``n`` would make it about sqrt(runs) too narrow). ``wilson`` is used with the fractional
+    count ``k / runs``; its formula only needs the rate and the sample size."""
+    return wilson(k / runs, n / runs)  # type: ignore[arg-type]
+
+
+def _pooled_row(base: dict[str, Any], targets: dict[str, str], cell: str, target: str, asr: str, k: int, n: int,
+                runs: int) -> dict[str, Any]:  # fmt: skip
+    attack, eps, mode = parse_cell(cell)
+    lo, hi = pooled_interval(k, n, runs)
+    return {
+        **base, "run": "pooled", "summary": True, "cell": cell, "attack": attack, "eps_255": eps, "mode": mode,
+        "target": target, "target_sha256": targets.get(target), "asr": asr, "k": k, "n": n,
+        "rate": k / n if n else float("nan"), "lo": lo, "hi": hi,
+    }  # fmt: skip
+
+
 def long_table(records: Iterable[Record]) -> pd.DataFrame:
     """Every ASR cell of every record in long format (see the module docstring); rates are fractions in [0, 1]."""
     records = list(records)
@@ -124,9 +190,12 @@ def long_table(records: Iterable[Record]) -> pd.DataFrame:
             "precision": ranked_precision(r),
             "surrogate": r.submission["name"],
             "surrogate_sha256": r.submission["sha256"],
+            "record_sha256": r.content_sha256(),
             "recipe": str(r.submission.get("metadata", {}).get("recipe", "")),
             "type": r.submission["kind"],
+            **_provenance_columns(r),
         }
+        targets = dict(target_weights(r))
         pooled: dict[tuple[str, str, str], list[int]] = {}
         for i, run in enumerate(r.runs):
             for cell, content in run["cells"].items():
@@ -140,30 +209,28 @@ def long_table(records: Iterable[Record]) -> pd.DataFrame:
                         rows.append({
                             **base, "run": str(run.get("name", f"run{i}")), "summary": len(r.runs) == 1,
                             "cell": cell, "attack": attack, "eps_255": eps, "mode": mode, "target": target,
-                            "asr": asr, "k": k, "n": n, "rate": _num(rate.get("rate")), "lo": _num(rate.get("lo")),
-                            "hi": _num(rate.get("hi")),
+                            "target_sha256": targets.get(target), "asr": asr, "k": k, "n": n,
+                            "rate": _num(rate.get("rate")), "lo": _num(rate.get("lo")), "hi": _num(rate.get("hi")),
                         })  # fmt: skip
         if len(r.runs) > 1:
             for (cell, target, asr), (k, n) in pooled.items():
-                attack, eps, mode = parse_cell(cell)
-                lo, hi = wilson(k, n)
-                rows.append({
-                    **base, "run": "pooled", "summary": True, "cell": cell, "attack": attack, "eps_255": eps,
-                    "mode": mode, "target": target, "asr": asr, "k": k, "n": n,
-                    "rate": k / n if n else float("nan"), "lo": lo, "hi": hi,
-                })  # fmt: skip
+                rows.append(_pooled_row(base, targets, cell, target, asr, k, n, len(r.runs)))
     df = pd.DataFrame(rows, columns=LONG_COLUMNS)
     if not df.empty:
-        df = df.sort_values(["protocol", "surrogate", "surrogate_sha256", "partial", "precision", "run", "attack",
-                             "eps_255", "mode", "target", "asr"], kind="stable").reset_index(drop=True)  # fmt: skip
+        order = ["protocol", "surrogate", "surrogate_sha256", "partial", "precision", "record_sha256", "run", "attack",
+                 "eps_255", "mode", "target", "asr"]  # fmt: skip
+        df = df.sort_values(order, kind="stable").reset_index(drop=True)
     return _attach(df, records, "every ASR cell (rates as fractions, 95% Wilson intervals)", 4)
 
 
 def surrogate_labels(records: Sequence[Record]) -> list[str]:
     """A display name per record, unique within its protocol: the name, plus 'partial', the precision when it is
-    not the protocol's, and the sha12 if still needed."""
+    not the protocol's, what sets its ranking group apart where the protocol has several (other data or target
+    weights, :func:`leaderboard.table.group_labels`), and the sha12 if still needed."""
+    groups = group_labels(records)
     labels = [str(r.submission["name"]) + (" (partial)" if r.data.get("partial") else "")
-              + (f" ({r.provenance['precision']})" if r.off_protocol_precision else "") for r in records]  # fmt: skip
+              + (f" ({r.provenance['precision']})" if r.off_protocol_precision else "")
+              + (f" [{g}]" if g else "") for r, g in zip(records, groups, strict=True)]  # fmt: skip
     keys = [protocol_key(r.protocol) for r in records]
     seen: dict[tuple[str, str], int] = {}
     for k, lab in zip(keys, labels, strict=True):
@@ -175,8 +242,9 @@ def surrogate_labels(records: Sequence[Record]) -> list[str]:
 
 
 def ranking_order(records: Iterable[Record]) -> list[Record]:
-    """Records in leaderboard order: by protocol key, canonical runs before deviating ones, best score first."""
-    return sorted(records, key=lambda r: (protocol_key(r.protocol), bool(r.deviations), -r.score["mean"]))
+    """Records in leaderboard order (:func:`leaderboard.table.leaderboard_order`): by protocol key and ranking
+    group, canonical runs before deviating ones, best score first."""
+    return leaderboard_order(records)
 
 
 def wide_table(
@@ -187,8 +255,10 @@ def wide_table(
 ) -> pd.DataFrame:
     """Surrogate x target ASR in percent, one column group per budget (``eps 8/255``), plus the mean over targets.
 
-    Rows are indexed by (protocol, surrogate) in leaderboard order; the columns are a two-level index
-    (budget, target). Seed groups show their pooled rate (= the mean over seeds for ``target_correct``).
+    Rows are indexed by (protocol, surrogate) in leaderboard order, one per record (matched by its integrity
+    hash, so a canonical and a deviating run of one surrogate keep their own rows and labels); the columns are a
+    two-level index (budget, target). Seed groups show their pooled rate (= the mean over seeds for
+    ``target_correct``).
     """
     if asr not in ASR_DEFINITIONS:
         raise ExportError(f"unknown ASR definition {asr!r}; use one of {', '.join(ASR_DEFINITIONS)}.")
@@ -203,13 +273,8 @@ def wide_table(
         attacks = sorted({parse_cell(c)[0] for r in records for c in r.runs[0]["cells"]})
         raise ExportError(f"no cells for attack {attack!r} in mode {mode!r}; the records have attacks {attacks} "
                           "and modes untargeted/targeted.")  # fmt: skip
-    label_of = {(protocol_key(r.protocol), r.submission["sha256"], r.data["sha256"], ranked_precision(r)): lab
-                for r, lab in zip(records, labels, strict=True)}  # fmt: skip
-    keys = zip(long["protocol"], long["surrogate_sha256"], long["data_sha256"], long["precision"], strict=True)
-    long = long.assign(
-        label=[label_of[k] for k in keys],
-        value=100 * long["rate"],
-    )
+    label_of = {r.content_sha256(): lab for r, lab in zip(records, labels, strict=True)}
+    long = long.assign(label=[label_of[k] for k in long["record_sha256"]], value=100 * long["rate"])
     wide = long.pivot_table(index=["protocol", "label"], columns=["eps_255", "target"], values="value",
                             aggfunc="first", dropna=False)  # fmt: skip
     means = long.groupby(["protocol", "label", "eps_255"])["value"].mean().unstack("eps_255")
@@ -229,7 +294,11 @@ def wide_table(
 def ranked(records: Iterable[Record]) -> pd.DataFrame:
     """The leaderboard's ranked table (:func:`leaderboard.table.ranked_table`) with the citation attached."""
     records = list(records)
-    return _attach(ranked_table(records), records, "ranked by score (mean transfer ASR %, ranking cell)", 2)
+    df = ranked_table(records)
+    what = "ranked by score (mean transfer ASR %, ranking cell)"
+    if not df.empty and df.duplicated(["protocol", "group", "rank"]).any():
+        what += f"; {TIE_NOTE.removeprefix('= ')}"
+    return _attach(df, records, what, 2)
 
 
 def table(records: Iterable[Record], which: str = "ranked", **kwargs: Any) -> pd.DataFrame:
@@ -265,20 +334,30 @@ def _fmt(v: Any, digits: int, missing: str) -> str:
     return str(v)
 
 
-def _split(df: pd.DataFrame) -> list[tuple[dict[str, dict[str, Any]], pd.DataFrame]]:
-    """One block per protocol (a table never mixes protocols in Markdown/LaTeX), protocol columns dropped."""
+def _split(df: pd.DataFrame) -> list[tuple[dict[str, dict[str, Any]], pd.DataFrame, str]]:
+    """One block per protocol (a table never mixes protocols in Markdown/LaTeX), protocol columns dropped; a ranked
+    table gets one block per ranking group where a protocol has several, with what sets the group apart."""
     cite = df.attrs.get("cite", {})
     flat = _flat(df)
     if "protocol" not in flat.columns or flat.empty:
-        return [(cite, flat)]
+        return [(cite, flat, "")]
     blocks = []
     for key in sorted(flat["protocol"].unique()):
-        drop = [c for c in ("protocol", "kind", "protocol_sha256", "protocol_kind") if c in flat.columns]
-        sub = flat[flat["protocol"] == key].drop(columns=drop)
-        if df.attrs.get("drop_empty"):  # wide tables: another protocol's targets and budgets are not this one's
-            sub = sub.dropna(axis=1, how="all")
-        blocks.append(({key: cite[key]} if key in cite else {}, sub.reset_index(drop=True)))
+        drop = [c for c in ("protocol", "kind", "group", "protocol_sha256", "protocol_kind") if c in flat.columns]
+        sub = flat[flat["protocol"] == key]
+        groups = list(dict.fromkeys(sub["group"])) if "group" in sub.columns else [""]
+        for group in groups:
+            part = (sub[sub["group"] == group] if "group" in sub.columns else sub).drop(columns=drop)
+            if df.attrs.get("drop_empty"):  # wide tables: another protocol's targets and budgets are not this one's
+                part = part.dropna(axis=1, how="all")
+            note = f"ranked separately ({GROUP_NOTE}): {group}" if len(groups) > 1 else ""
+            blocks.append(({key: cite[key]} if key in cite else {}, part.reset_index(drop=True), note))
     return blocks
+
+
+def _what(df: pd.DataFrame, note: str) -> str:
+    what = str(df.attrs.get("what", ""))
+    return f"{what}; {note}" if note and what else note or what
 
 
 def to_csv(df: pd.DataFrame) -> str:
@@ -295,8 +374,8 @@ def to_markdown(df: pd.DataFrame) -> str:
     """GitHub/pandoc pipe tables, one per protocol, each preceded by a ``Table:`` caption with the protocol hash."""
     digits = int(df.attrs.get("digits", 4))
     out = []
-    for cite, sub in _split(df):
-        lines = ["Table: " + citation_line(cite, df.attrs.get("what", "")).replace("\n", " "), ""]
+    for cite, sub, note in _split(df):
+        lines = ["Table: " + citation_line(cite, _what(df, note)).replace("\n", " "), ""]
         if sub.empty:
             lines.append("(no rows)")
         else:
@@ -321,12 +400,12 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text).replace("\n", " "))
 
 
-def _latex_block(cite: dict[str, dict[str, Any]], sub: pd.DataFrame, df: pd.DataFrame, label: str) -> str:
+def _latex_block(cite: dict[str, dict[str, Any]], sub: pd.DataFrame, df: pd.DataFrame, label: str, note: str) -> str:
     digits = int(df.attrs.get("digits", 4))
-    what = df.attrs.get("what", "")
+    what = _what(df, note)
     short = "; ".join(f"protocol \\texttt{{{latex_escape(k)}}} (sha256 \\texttt{{{d['sha256'][:16]}}}\\ldots)"
                       for k, d in cite.items())  # fmt: skip
-    caption = f"TransferBench {latex_escape(bench.__version__)}: {latex_escape(what)}. {short}."
+    caption = f"{latex_escape(producer(cite, short=True))}: {latex_escape(what)}. {short}."
     lines = ["% " + citation_line(cite, what).replace("\n", " "), r"\begin{table}[t]", r"\centering",
              rf"\caption{{{caption}}}", rf"\label{{{label}}}"]  # fmt: skip
     if sub.empty:
@@ -366,8 +445,8 @@ def to_latex(df: pd.DataFrame, *, label: str = "tab:transferbench") -> str:
     """
     blocks = _split(df)
     return "\n\n".join(
-        _latex_block(cite, sub, df, label if len(blocks) == 1 else f"{label}-{i + 1}")
-        for i, (cite, sub) in enumerate(blocks)
+        _latex_block(cite, sub, df, label if len(blocks) == 1 else f"{label}-{i + 1}", note)
+        for i, (cite, sub, note) in enumerate(blocks)
     ) + "\n"  # fmt: skip
 
 

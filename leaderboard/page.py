@@ -1,10 +1,11 @@
 """The leaderboard as one self-contained static HTML page (inline CSS and a little vanilla JS, nothing fetched).
 
-One table per protocol (benchmark protocols first, smoke protocols visibly labelled), rows in rank order
-(:func:`leaderboard.table.ranked_table`). Every row has a ``<details>`` element with the provenance of its
-number (protocol and data hashes, surrogate sha256, package version and git sha, torch/CUDA, device,
-precision, seed, wall time) and a link to the model card when the submission came from the Hub
-(``hf://owner/repo@rev`` -> ``https://huggingface.co/owner/repo/tree/rev``).
+One section per protocol (benchmark protocols first, smoke protocols visibly labelled), rows in rank order
+(:func:`leaderboard.table.ranked_table`); a protocol whose records were evaluated on other data or against
+other target weights gets one ranked table per ranking group, each headed by what differs. Every row has a
+``<details>`` element with the provenance of its number (protocol, data and target hashes, surrogate sha256,
+package version and git sha, torch/CUDA, device, precision, seed, wall time) and a link to the model card
+when the submission came from the Hub (``hf://owner/repo@rev`` -> ``https://huggingface.co/owner/repo/tree/rev``).
 
 Interaction: click a column header to sort (again to reverse), type in the filter box to hide rows, pick a
 protocol to show only its table. The state lives in the URL fragment, ``#sort=score&dir=desc&filter=abc&
@@ -32,7 +33,17 @@ import pandas as pd
 import bench
 from leaderboard.record import Record
 from leaderboard.store import atomic_write_text, protocol_key
-from leaderboard.table import ranked_precision, ranked_table
+from leaderboard.table import (
+    GROUP_NOTE,
+    TIE_NOTE,
+    GroupKey,
+    group_labels,
+    group_order,
+    ranked_precision,
+    ranked_table,
+    ranking_groups,
+    target_weights,
+)
 
 _HF = re.compile(r"hf://(?P<owner>[A-Za-z0-9][\w.-]*)/(?P<repo>[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^\s]+))?")
 
@@ -58,6 +69,7 @@ CSS = """
   --head: #151b23; --smokebg: #3b2e0a; --smoke: #e3b341; --part: #ab7df8; } }
 body { font: 14px/1.45 system-ui, sans-serif; color: var(--fg); background: var(--bg); margin: 1.5rem; }
 h1 { font-size: 1.5rem; margin: 0 0 .3rem; } h2 { font-size: 1.15rem; margin: 1.8rem 0 .3rem; }
+h3 { font-size: 1rem; margin: 1.2rem 0 .3rem; }
 .muted, .cite { color: var(--muted); } .cite code { word-break: break-all; }
 .controls { display: flex; gap: 1rem; flex-wrap: wrap; align-items: center; margin: .8rem 0; }
 input, select { font: inherit; padding: .2rem .4rem; }
@@ -182,6 +194,7 @@ def _provenance(r: Record) -> list[tuple[str, str]]:
         ("data", f"{_e(d.get('source', ''))}, {_e(d.get('n_images', ''))} images"
                  + (" (partial: --limit run)" if d.get("partial") else "")),
         ("data sha256", f"<code>{_e(d['sha256'])}</code>"),
+        ("target sha256", "<br>".join(f"{_e(n)} <code>{_e(sha)}</code>" for n, sha in target_weights(r))),
         ("surrogate sha256", f"<code>{_e(s['sha256'])}</code>"),
         ("source", source),
         ("kind", _e(s.get("kind", "")) + (f", {len(r.runs)} runs (scores % {_e(scores)})" if len(r.runs) > 1 else "")),
@@ -251,17 +264,8 @@ def _row(row: pd.Series, r: Record) -> str:
     return f'<tr{attrs} data-search="{_e(search)}">' + "".join(cells) + "</tr>"
 
 
-def _section(key: str, df: pd.DataFrame, recs: list[Record]) -> str:
-    smoke = any(r.protocol.get("kind") == "smoke" for r in recs)
-    shas = sorted({r.protocol["sha256"] for r in recs})
-    datas = sorted({r.data["sha256"] for r in recs})
-    r0 = recs[0]
-    label = ' <span class="badge smoke">SMOKE: not benchmark results</span>' if smoke else ""
-    head = "".join(
-        f'<th data-key="{_e(col)}" data-type="{"num" if numeric else "text"}" data-dir="{d}" scope="col">'
-        f'<button type="button">{_e(title)}</button></th>'
-        for col, title, numeric, d, _ in COLUMNS
-    )
+def _table(df: pd.DataFrame, recs: list[Record], head: str) -> str:
+    """One ranked table; ``df`` is :func:`ranked_table` of ``recs`` (one ranking group)."""
     pool: dict[tuple[Any, ...], list[Record]] = {}
     for r in recs:
         k = (r.submission["name"], r.submission["sha256"][:12], r.data["sha256"][:10], bool(r.data.get("partial")),
@@ -271,15 +275,46 @@ def _section(key: str, df: pd.DataFrame, recs: list[Record]) -> str:
     for _, row in df.iterrows():
         r = pool[(row["surrogate"], row["sha256"], row["data"], bool(row["partial"]), row["precision"])].pop(0)
         rows.append(_row(row, r))
+    return f'<table class="tb"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _section(key: str, recs: list[Record]) -> str:
+    """One protocol: its citation, then one ranked table per ranking group (one in the common case)."""
+    smoke = any(r.protocol.get("kind") == "smoke" for r in recs)
+    shas = sorted({r.protocol["sha256"] for r in recs})
+    datas = sorted({r.data["sha256"] for r in recs})
+    targets = sorted({(n, sha) for r in recs for n, sha in target_weights(r)})
+    r0 = recs[0]
+    label = ' <span class="badge smoke">SMOKE: not benchmark results</span>' if smoke else ""
+    head = "".join(
+        f'<th data-key="{_e(col)}" data-type="{"num" if numeric else "text"}" data-dir="{d}" scope="col">'
+        f'<button type="button">{_e(title)}</button></th>'
+        for col, title, numeric, d, _ in COLUMNS
+    )
+    keys, labels = ranking_groups(recs), group_labels(recs)
+    order = group_order(keys)
+    groups: dict[GroupKey, list[Record]] = {}
+    for r, k in sorted(zip(recs, keys, strict=True), key=lambda rk: order[rk[1]]):
+        groups.setdefault(k, []).append(r)
+    label_of = dict(zip(keys, labels, strict=True))
+    tables, tie = [], False
+    for k, members in groups.items():
+        df = ranked_table(members)
+        tie = tie or bool(df["rank"].duplicated().any())
+        sub = f"<h3>Ranked separately: {_e(label_of[k])}</h3>" if len(groups) > 1 else ""
+        tables.append(sub + _table(df, members, head))
+    notes = f" {len(groups)} ranking groups: {_e(GROUP_NOTE)}." if len(groups) > 1 else ""
+    notes += f" {_e(TIE_NOTE.removeprefix('= ').capitalize())}." if tie else ""
+    target_list = ", ".join(f"{_e(n)} <code>{_e(sha)}</code>" for n, sha in targets)
     return (
         f'<section class="protocol" data-protocol="{_e(key)}">'
         f"<h2>{_e(key)}{label}</h2>"
         f'<p class="cite">Cite as {_e(key)} (protocol sha256 <code>{_e(", ".join(shas))}</code>; data sha256 '
-        f"<code>{_e(', '.join(datas))}</code>). Score: mean over targets of the "
+        f"<code>{_e(', '.join(datas))}</code>; target sha256 {target_list}). Score: mean over targets of the "
         f"{_e(r0.protocol.get('ranking_asr', 'target_correct'))} transfer ASR at "
-        f"{_e(r0.protocol.get('ranking_cell', ''))}, in %; seed groups: mean ± std over seeds. "
+        f"{_e(r0.protocol.get('ranking_cell', ''))}, in %; seed groups: mean ± std over seeds.{notes} "
         f'<span class="shown"></span></p>'
-        f'<table class="tb"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>'
+        f"{''.join(tables)}</section>"
     )
 
 
@@ -290,8 +325,7 @@ def render_page(records: Iterable[Record], *, title: str = "TransferBench leader
     for r in records:
         groups.setdefault(protocol_key(r.protocol), []).append(r)
     order = sorted(groups, key=lambda k: (groups[k][0].protocol.get("kind") == "smoke", k))
-    table = ranked_table(records)
-    sections = [_section(k, table[table["protocol"] == k], groups[k]) for k in order]
+    sections = [_section(k, groups[k]) for k in order]
     options = "".join(f'<option value="{_e(k)}">{_e(k)}</option>' for k in order)
     body = "".join(sections) or '<p class="muted">No results yet: run <code>transferbench demo</code>.</p>'
     script_hash = base64.b64encode(hashlib.sha256(JS.encode()).digest()).decode()

@@ -14,7 +14,14 @@ no global state is touched and nothing needs a display. ``path=`` saves PNG or P
 
 Per-record factors: ``score`` is ``record.score.mean`` (%, the mean over seeds for a seed group); clean
 accuracy, fooling rate (at the ranking cell), smoothness (mean dominant Hessian eigenvalue) and similarity
-(mean over targets of the mean gradient cosine) are averaged over a record's runs.
+(mean over targets of the mean gradient cosine) are averaged over a record's runs. The factor analysis and its
+scatter plot use one point per surrogate: canonical records only (partial and other-precision runs are left
+out, they would count a surrogate twice with numbers measured differently), from each protocol's main ranking
+group (the one with most canonical records; other data or target weights are left out), and the output says
+what was left out.
+
+The ASR figures draw every record, deviating runs included under their own labels (``(partial)``, ``(bf16)``),
+matching records by their integrity hash, so a canonical and a deviating run of one surrogate never merge.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from leaderboard.export import by_protocol, long_table, ranking_order, surrogate_labels
+from leaderboard.export import by_protocol, long_table, pooled_interval, ranking_order, surrogate_labels
 from leaderboard.record import Record
 from leaderboard.store import StoreError, protocol_key
+from leaderboard.table import group_order, ranking_groups
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +61,44 @@ def _mean(values: Iterable[float | None]) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
-def record_factors(records: Iterable[Record]) -> pd.DataFrame:
-    """One row per record (leaderboard order): protocol, surrogate, score %, clean_acc %, fooling_rate %,
-    smoothness, similarity."""
+def analysis_records(records: Iterable[Record]) -> tuple[list[Record], dict[str, list[str]]]:
+    """The records the factor analysis uses, one per surrogate, and per protocol what was left out and why.
+
+    Kept: canonical records (no ``deviations``) of each protocol's main ranking group (most canonical records;
+    :func:`leaderboard.table.ranking_groups`), the first per surrogate sha256 in leaderboard order.
+    """
     records = ranking_order(records)
+    canonical = [r for r in records if not r.deviations]
+    keys = ranking_groups(canonical)
+    order = group_order(keys)
+    group_of = {id(r): order[k] for r, k in zip(canonical, keys, strict=True)}
+    main: dict[str, int] = {}
+    for k in keys:
+        main[k[0]] = min(main.get(k[0], order[k]), order[k])
+    left: dict[str, dict[str, int]] = {}
+    kept, seen = [], set()
+    for r in records:
+        proto, sha = protocol_key(r.protocol), r.submission["sha256"]
+        if r.deviations:
+            why = "partial or other-precision run(s)"
+        elif group_of[id(r)] != main[proto]:
+            why = "record(s) on other data or target weights"
+        elif (proto, sha) in seen:
+            why = "repeated surrogate(s)"
+        else:
+            seen.add((proto, sha))
+            kept.append(r)
+            continue
+        left.setdefault(proto, {})[why] = left.get(proto, {}).get(why, 0) + 1
+    notes = {p: [f"left out {n} {why}" for why, n in whys.items()] for p, whys in left.items()}
+    return kept, notes
+
+
+def record_factors(records: Iterable[Record]) -> pd.DataFrame:
+    """One row per surrogate (leaderboard order; the records of :func:`analysis_records`: canonical runs of each
+    protocol's main ranking group): protocol, surrogate, score %, clean_acc %, fooling_rate %, smoothness,
+    similarity, each a mean over a seed group's runs."""
+    records, _ = analysis_records(records)
     rows = []
     for r, label in zip(records, surrogate_labels(records), strict=True):
         cell = r.protocol.get("ranking_cell", "")
@@ -105,9 +147,13 @@ def ols_r2(y: Sequence[float], x: np.ndarray) -> float:
 def analysis_table(records: Iterable[Record]) -> pd.DataFrame:
     """Per protocol: Pearson r of the score with each factor, R^2_1 (smoothness + similarity), R^2_2 (all four).
 
-    Needs at least 3 records of a protocol for r, more than 3 for R^2_1 and more than 5 for R^2_2 (more
-    observations than parameters); otherwise the value is NaN and ``note`` says why.
+    One observation per surrogate (:func:`analysis_records`: canonical records of the protocol's main ranking
+    group; ``n_records`` counts them, ``note`` says what was left out). Needs at least 3 records of a protocol
+    for r, more than 3 for R^2_1 and more than 5 for R^2_2 (more observations than parameters); otherwise the
+    value is NaN and ``note`` says why.
     """
+    records = list(records)
+    _, left_out = analysis_records(records)
     f = record_factors(records)
     rows = []
     for key, sub in f.groupby("protocol", sort=True):
@@ -127,6 +173,7 @@ def analysis_table(records: Iterable[Record]) -> pd.DataFrame:
         constant = [c for c in FACTORS if sub[c].notna().sum() >= MIN_RECORDS and np.ptp(sub[c].dropna()) == 0]
         if constant:
             notes.append(f"constant across records: {', '.join(constant)}")
+        notes += left_out.get(str(key), [])
         row["note"] = "; ".join(notes)
         rows.append(row)
     cols = ["protocol", "n_records", *(f"r_{c}" for c in FACTORS), "r2_smooth_sim", "r2_all", "note"]
@@ -192,12 +239,13 @@ def asr_vs_eps(
 
     Without ``target`` the rate is pooled over targets (successes and denominators summed; for equal
     denominators the mean over targets used by the score) with the Wilson interval of the pooled count,
-    which treats (target, image) pairs as independent and is therefore slightly narrow.
+    which treats (target, image) pairs as independent and is therefore slightly narrow. A seed group's counts
+    are summed over seeds too, but its interval is taken at ``n / seeds`` (the seeds attack the same images;
+    :func:`leaderboard.export.pooled_interval`). One line per record, deviating runs under their own label.
     """
-    from bench.metrics.asr import wilson
-
     key, recs = _one_protocol(records, "asr_vs_eps")
     recs = ranking_order(recs)
+    shas = [r.content_sha256() for r in recs]
     asr = asr or recs[0].protocol.get("ranking_asr", "target_correct")
     long = long_table(recs)
     long = long[long["summary"] & (long["asr"] == asr)]
@@ -215,12 +263,13 @@ def asr_vs_eps(
         for j, attack in enumerate(attacks):
             ax = axes[i][j]
             sel = long[(long["mode"] == mode) & (long["attack"] == attack)]
-            for r, label in zip(recs, labels, strict=True):
-                g = sel[(sel["surrogate_sha256"] == r.submission["sha256"]) & (sel["data_sha256"] == r.data["sha256"])]
-                pooled = g.groupby("eps_255")[["k", "n"]].sum().sort_index()
+            for r, label, sha in zip(recs, labels, shas, strict=True):
+                pooled = sel[sel["record_sha256"] == sha].groupby("eps_255")[["k", "n"]].sum().sort_index()
                 eps = pooled.index.to_numpy()
+                runs = len(r.runs)
                 rate = np.array([100 * k / n if n else np.nan for k, n in zip(pooled["k"], pooled["n"], strict=True)])
-                ci = np.array([wilson(int(k), int(n)) for k, n in zip(pooled["k"], pooled["n"], strict=True)]) * 100
+                ci = np.array([pooled_interval(int(k), int(n), runs) for k, n in zip(pooled["k"], pooled["n"],
+                                                                                     strict=True)]) * 100  # fmt: skip
                 err = np.vstack([rate - ci[:, 0], ci[:, 1] - rate])
                 ax.errorbar(eps, rate, yerr=err, marker="o", capsize=3, label=label)
             ax.set_title(f"{attack}, {mode}", fontsize=9)
@@ -274,7 +323,8 @@ def heatmap(
     asr: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> Figure:
-    """Surrogate (rows, leaderboard order) x target (columns) ASR % at ``cell`` (default: the ranking cell)."""
+    """Surrogate (rows, leaderboard order, one per record, deviating runs labelled) x target (columns) ASR % at
+    ``cell`` (default: the ranking cell)."""
     key, recs = _one_protocol(records, "heatmap")
     recs = ranking_order(recs)
     cell = cell or recs[0].protocol.get("ranking_cell", "")
@@ -287,9 +337,9 @@ def heatmap(
     targets = sorted(set(long["target"]))
     labels = surrogate_labels(recs)
     values = np.full((len(recs), len(targets)), np.nan)
-    index = {(r.submission["sha256"], r.data["sha256"]): i for i, r in enumerate(recs)}
+    index = {r.content_sha256(): i for i, r in enumerate(recs)}  # one row per record, deviating runs included
     for row in long.itertuples(index=False):
-        values[index[(row.surrogate_sha256, row.data_sha256)], targets.index(row.target)] = 100 * row.rate
+        values[index[row.record_sha256], targets.index(row.target)] = 100 * row.rate
     fig = _figure(1.2 * len(targets) + 3.0, 0.45 * len(recs) + 1.8)
     ax = fig.subplots()
     im = ax.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")

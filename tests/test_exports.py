@@ -26,7 +26,15 @@ from leaderboard.export import (
     to_markdown,
     wide_table,
 )
-from leaderboard.plots import PlotError, analysis_table, asr_vs_eps, asr_vs_factors, heatmap, write_plots
+from leaderboard.plots import (
+    PlotError,
+    analysis_records,
+    analysis_table,
+    asr_vs_eps,
+    asr_vs_factors,
+    heatmap,
+    write_plots,
+)
 from leaderboard.record import Record
 
 SMOKE = get_protocol("smoke-digits")
@@ -80,7 +88,10 @@ def test_long_table_has_every_cell_and_the_records_numbers() -> None:
     runs = [r["cells"][SMOKE.ranking_cell]["targets"]["smoke-mlp"]["target_correct"] for r in recs[1].runs]
     assert pooled["k"] == sum(x["k"] for x in runs) and pooled["n"] == sum(x["n"] for x in runs)
     assert pooled["rate"] == pytest.approx(np.mean([x["rate"] for x in runs]))  # equal denominators
-    assert (pooled["lo"], pooled["hi"]) == pytest.approx(wilson(int(pooled["k"]), int(pooled["n"])))
+    # two seeds on the same images: the interval is over the images of one run (n / 2), not over the summed n
+    assert (pooled["lo"], pooled["hi"]) == pytest.approx(wilson(pooled["k"] / 2, pooled["n"] / 2))
+    lo_summed, hi_summed = wilson(int(pooled["k"]), int(pooled["n"]))
+    assert pooled["hi"] - pooled["lo"] > hi_summed - lo_summed
     assert not df[(df["surrogate"] == "beta_&_co") & (df["run"] != "pooled")]["summary"].any()
 
 
@@ -108,6 +119,51 @@ def test_same_surrogate_names_get_distinct_labels() -> None:
     full, part = make_record("same", score=0.5), make_record("same", score=0.4, partial=True)
     wide = wide_table([part, full])
     assert list(wide.index.get_level_values("surrogate")) == ["same", "same (partial)"]
+
+
+def test_a_canonical_and_a_deviating_run_of_one_surrogate_keep_their_own_rows() -> None:
+    full, part = make_record("same", score=0.5), make_record("same", score=0.4, partial=True)
+    long = long_table([full, part])
+    assert set(long["record_sha256"]) == {full.content_sha256(), part.content_sha256()}
+    wide = wide_table([full, part])
+    col = ("eps 32/255", SMOKE.targets[0])
+    for rec, label in ((full, "same"), (part, "same (partial)")):
+        rate = rec.runs[0]["cells"][SMOKE.ranking_cell]["targets"][SMOKE.targets[0]]["target_correct"]["rate"]
+        assert wide.loc[("smoke-digits-v2", label), col] == pytest.approx(100 * rate)
+
+
+def test_long_table_rows_carry_target_weights_and_the_records_provenance() -> None:
+    rec = make_record("old", score=0.5)
+    rec.provenance.update(package_version="0.0.9", git_sha="f" * 40, torch="2.3.1", cuda="12.1", device="NVIDIA H100")
+    df = long_table([rec])
+    assert set(zip(df["target"], df["target_sha256"], strict=True)) == {(t, rec.targets[t]["sha256"]) for t in
+                                                                        SMOKE.targets}  # fmt: skip
+    assert set(df["package_version"]) == {"0.0.9"} and set(df["git_sha"]) == {"f" * 40}
+    assert set(df["device"]) == {"NVIDIA H100"} and set(df["cuda"]) == {"12.1"} and set(df["torch"]) == {"2.3.1"}
+    caption = to_csv(df).splitlines()[0]
+    # the version and git sha that produced the numbers, not those of the installation exporting them
+    assert caption.startswith(f"# TransferBench 0.0.9 (git {'f' * 40})")
+    for t in SMOKE.targets:
+        assert f"{t}:{rec.targets[t]['sha256']}" in caption
+    assert f"TransferBench 0.0.9 (git {'f' * 12})" in to_latex(df)  # the LaTeX caption shortens the git sha
+
+
+def test_markdown_and_latex_rank_each_group_in_its_own_table() -> None:
+    recs = [make_record("a", score=0.4), make_record("b", score=0.5),
+            make_record("jpeg", score=0.9, data_sha256="e" * 64)]  # fmt: skip
+    md = render(recs, "md")
+    captions = [ln for ln in md.splitlines() if ln.startswith("Table:")]
+    assert len(captions) == 2 and all("ranked separately" in c for c in captions)
+    assert any(f"data sha256 {'e' * 10}" in c for c in captions)
+    assert "| 1 | b |" in md and "| 2 | a |" in md and "| 1 | jpeg |" in md  # ranked within each group
+    latex = render(recs, "latex")
+    assert latex.count(r"\begin{table}") == 2 and r"\label{tab:transferbench-2}" in latex
+
+
+def test_ranked_exports_say_when_ranks_are_shared() -> None:
+    tied = render([make_record("a", score=0.5), make_record("b", score=0.5)], "md")
+    assert "share a rank" in tied.splitlines()[0] and "| 1 | a |" in tied and "| 1 | b |" in tied
+    assert "share a rank" not in render([make_record("a", score=0.5), make_record("b", score=0.6)], "md")
 
 
 # --- exports -------------------------------------------------------------------------------------------------------
@@ -274,6 +330,22 @@ def test_analysis_table_needs_enough_records() -> None:
     assert list(both["protocol"]) == ["cifar10-v1", "smoke-digits-v2"]
 
 
+def test_the_factor_analysis_counts_each_surrogate_once_from_its_main_group() -> None:
+    recs = _varied(6)
+    extra = [
+        make_record("s0", score=0.99, partial=True),  # a partial run of s0
+        make_record("jpeg", score=0.95, data_sha256="e" * 64),  # other data: another ranking group
+    ]
+    extra[0].submission["sha256"] = recs[0].submission["sha256"]
+    kept, notes = analysis_records(recs + extra)
+    assert {r.submission["name"] for r in kept} == {f"s{i}" for i in range(6)}
+    assert sorted(notes["smoke-digits-v2"]) == ["left out 1 partial or other-precision run(s)",
+                                                "left out 1 record(s) on other data or target weights"]  # fmt: skip
+    row = analysis_table(recs + extra).iloc[0]
+    assert row["n_records"] == 6 and "left out 1 partial" in row["note"]
+    assert row["r_smoothness"] == pytest.approx(analysis_table(recs).iloc[0]["r_smoothness"])
+
+
 def test_write_plots_writes_every_figure_per_protocol(tmp_path: Path) -> None:
     recs = _records()
     paths = write_plots(recs, tmp_path, fmt="png")
@@ -307,6 +379,9 @@ def test_entry_bibtex_carries_protocol_hash_score_and_data_hash() -> None:
     assert "url          = {https://huggingface.co/someone/surrogate/tree/v2}" in entry
     assert r"weird \textbraceleft{}name\textbraceright{}\_\&\%" in entry and "not a benchmark result" in entry
     assert bib_escape("a\\b") == r"a\textbackslash{}b"
+    for t in SMOKE.targets:  # the weights every ASR was measured on
+        assert f"{t} {rec.targets[t]['sha256']}" in entry
+    assert "Computed with TransferBench 0.1.0 (git n/a), torch 2.0.0, CUDA none, on cpu (test)" in entry
 
 
 def test_benchmark_and_seed_bibtex() -> None:

@@ -20,7 +20,7 @@ from bench.metrics.asr import Rate, pack_bits
 from bench.protocol import get_protocol
 from leaderboard.record import SCHEMA, SCHEMA_VERSION, Record, RecordError, validate
 from leaderboard.store import LocalStore, StoreError
-from leaderboard.table import format_table, ranked_table
+from leaderboard.table import TIE_NOTE, format_table, ranked_table
 
 N_IMAGES = 16
 
@@ -506,7 +506,7 @@ def test_ranked_table_columns_from_record() -> None:
     expected_acc = 100 * sum(r["clean_accuracy"] for r in rec.runs) / 3
     assert row["clean_acc"] == pytest.approx(expected_acc)
     assert row["similarity"] == pytest.approx(0.25)
-    assert row["smoothness"] == pytest.approx(1.5)
+    assert row["smoothness"] == pytest.approx(2.5)  # mean over the runs (1.5, 2.5, 3.5), like clean_acc
     assert row["sha256"] == rec.submission["sha256"][:12]
 
 
@@ -540,3 +540,59 @@ def test_records_of_different_protocol_hashes_are_not_ranked_together() -> None:
     by_name = df.set_index("surrogate")
     # either the rows land in different groups, or the subset row at least does not outrank the full result
     assert by_name.loc["full", "protocol"] != by_name.loc["subset", "protocol"] or by_name.loc["full", "rank"] == 1
+
+
+def _with_target_weights(rec: Record, target: str, tag: str) -> Record:
+    """``rec`` measured against other weights of ``target`` (e.g. a re-trained zoo entry)."""
+    rec.targets[target]["sha256"] = _sha(tag)
+    return rec
+
+
+def test_records_on_other_data_or_target_weights_rank_separately() -> None:
+    target = get_protocol("smoke-digits").targets[-1]
+    recs = [
+        make_record("base-low", score=0.4),
+        make_record("base-high", score=0.5),
+        make_record("jpeg-copy", score=0.9, data_sha256=_sha("another copy of the images")),
+        _with_target_weights(make_record("retrained", score=0.8), target, "re-trained weights"),
+    ]
+    df = ranked_table(recs)
+    # the two records measured the same way rank together, first (most records); the others alone, each first
+    assert list(df["surrogate"][:2]) == ["base-high", "base-low"] and set(df["surrogate"][2:]) == {
+        "jpeg-copy",
+        "retrained",
+    }
+    assert list(df["rank"]) == [1, 2, 1, 1]
+    groups = df.set_index("surrogate")["group"]
+    assert groups["base-high"] == groups["base-low"] != groups["jpeg-copy"]
+    assert f"data sha256 {_sha('another copy of the images')[:10]}" in groups["jpeg-copy"]
+    assert f"target {target} sha256 {_sha('re-trained weights')[:12]}" in groups["retrained"]
+    assert f"target {target} sha256 {_sha(target)[:12]}" in groups["base-high"]  # what sets the base group apart
+    text = format_table(df)
+    assert text.count("-- ranked separately:") == 3 and "3 ranking groups" in text
+    assert list(ranked_table(list(reversed(recs)))["surrogate"]) == list(df["surrogate"])  # order-independent
+
+
+def test_one_ranking_group_has_no_group_label() -> None:
+    df = ranked_table([make_record("a", score=0.4), make_record("b", score=0.5)])
+    assert set(df["group"]) == {""} and "ranked separately" not in format_table(df)
+
+
+def test_a_partial_run_joins_the_group_of_the_full_runs_on_its_data() -> None:
+    df = ranked_table([make_record("full", score=0.4), make_record("part", score=0.9, partial=True)])
+    assert set(df["group"]) == {""} and list(df["rank"]) == [1, 2]  # one group; the partial run ranks after
+
+
+def test_equal_shown_scores_share_a_rank_and_ties_list_by_name() -> None:
+    recs = [
+        make_record("zeta", score=0.5),
+        make_record("alpha", score=0.50004),  # 50.004% prints as 50.00: a tie at the shown precision
+        make_record("mid", score=0.5),
+        make_record("best", score=0.7),
+        make_record("last", score=0.4),
+    ]
+    df = ranked_table(recs)
+    assert list(df["surrogate"]) == ["best", "alpha", "mid", "zeta", "last"]
+    assert list(df["rank"]) == [1, 2, 2, 2, 5]  # competition ranking: 1, 2, 2, 2, 5
+    assert TIE_NOTE in format_table(df)
+    assert TIE_NOTE not in format_table(ranked_table([make_record("a", score=0.5), make_record("b", score=0.6)]))

@@ -63,6 +63,18 @@ def test_page_content_provenance_and_labels() -> None:
     assert "No results yet" in render_page([])
 
 
+def test_page_ranks_each_group_in_its_own_table_and_shows_target_weights() -> None:
+    recs = [make_record("a", score=0.4), make_record("b", score=0.5),
+            make_record("jpeg", score=0.9, data_sha256="e" * 64)]  # fmt: skip
+    page = render_page(recs)
+    assert page.count('<table class="tb">') == 2 and page.count("<h3>Ranked separately: ") == 2
+    assert "2 ranking groups" in page and f"data sha256 {'e' * 10}" in page
+    for t, info in recs[0].targets.items():  # every target's weights hash, in the citation and each row's details
+        assert page.count(info["sha256"]) == 1 + len(recs), t
+    one = render_page(recs[:2])
+    assert one.count('<table class="tb">') == 1 and "Ranked separately" not in one and "ranking groups" not in one
+
+
 def test_model_card_url() -> None:
     assert model_card_url("hf://owner/repo@v1") == "https://huggingface.co/owner/repo/tree/v1"
     assert model_card_url("hf://owner/repo") == "https://huggingface.co/owner/repo/tree/main"
