@@ -1,6 +1,6 @@
-"""The measurements of docs/gpu-runbook.md as numbered steps, each one command that fits a 10-minute slot.
+"""The measurements of docs/gpu-runbook.md as numbered steps, each one command with a wall-clock budget.
 
-    python3 scripts/gpu_session.py STEP [--out DIR] [--quick]
+    python3 scripts/gpu_session.py STEP [--out DIR] [--budget SECONDS] [--quick]
 
 Steps (run them in order on one machine; later steps reuse the surrogate of step 1 from ``runs/``):
 
@@ -9,10 +9,20 @@ Steps (run them in order on one machine; later steps reuse the surrogate of step
    bf16-vs-fp32 agreement (#7)
 3. the ``cifar10-ext`` and ``cifar10-autoattack`` protocols on the same surrogate (#5)
 
-Each command's output goes to ``<out>/stepN-<name>.log``, every record and benchmark JSON is copied to
-``<out>``, and a short table of what ran (exit code, seconds) is printed at the end. Data and target weights
-come from ``.carry/cifar10`` and ``.carry/weights`` (see the runbook); the leaderboard lives in
-``runs/home``. The exit status is non-zero when any command failed.
+Budget: the step's commands share ``--budget`` seconds of wall time (default 540, inside a 10-minute call).
+A command still running when the budget is spent is stopped (its whole process group) and reported as
+``timeout``; the commands after it are reported as ``skipped``; what finished is kept either way. So the
+step always ends, packs and prints its table before the call's own limit.
+
+Results: ``<out>/stepN.tar.gz`` holds every command's log and every record and benchmark JSON (full paths
+under ``runs/``), and ``<out>/stepN-summary.txt`` the table printed at the end, followed by the end of each
+command's log (the leaderboard's table in step 1). Two files, one folder deep: a device machine that returns
+only a few files from shallow folders returns both. The exit status is non-zero when any command failed or
+timed out.
+
+Data and target weights come from ``.carry/cifar10`` and ``.carry/weights`` (see the runbook); the
+leaderboard lives in ``runs/home``. Wheels found in ``.whl/`` (e.g. torchattacks, for step 2, on a machine
+without it) are installed into ``runs/site`` without network or dependencies and put on ``PYTHONPATH``.
 
 ``--quick`` runs the same commands at toy size on a CPU (a small CNN, one epoch, a few images), to check
 the script itself before device time is spent on it.
@@ -23,8 +33,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -72,34 +84,103 @@ def step_commands(step: int, quick: bool) -> list[tuple[str, list[str]]]:
     raise SystemExit(f"unknown step {step}; steps are 1, 2, 3 (docs/gpu-runbook.md)")
 
 
-def run_step(step: int, out: Path, *, quick: bool = False) -> int:
-    """Run the commands of ``step``; logs and result files go to ``out``. Returns the number that failed."""
+TIMEOUT, SKIPPED = "timeout", "skipped"
+TAIL_LINES = 12  # lines of each command's log repeated in the summary (the leaderboard command: all of it)
+
+
+def _wheels_site(env: dict[str, str]) -> str | None:
+    """Install the wheels of ``.whl/`` into ``runs/site`` (no index, no dependencies); the folder, or None."""
+    wheels = sorted((ROOT / ".whl").glob("*.whl"))
+    if not wheels:
+        return None
+    site = RUNS / "site"
+    argv = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+            "--upgrade", "--target", str(site), *map(str, wheels)]  # fmt: skip
+    subprocess.run(argv, check=True, env=env)
+    return str(site)
+
+
+def run_commands(
+    commands: list[tuple[str, list[str]]], logs: Path, *, budget: float, env: dict[str, str]
+) -> list[tuple[str, int | str, float]]:
+    """Run ``commands`` in order within ``budget`` seconds; each writes ``logs/<name>.log``.
+
+    Returns (name, exit code or ``timeout``/``skipped``, seconds) per command. A command past the budget is
+    killed with its process group; nothing after a failed training command runs (it has no surrogate).
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + budget
+    rows: list[tuple[str, int | str, float]] = []
+    stop = False
+    for name, argv in commands:
+        left = deadline - time.monotonic()
+        if stop or left <= 0:
+            rows.append((name, SKIPPED, 0.0))
+            continue
+        start = time.perf_counter()
+        with open(logs / f"{name}.log", "w") as log:
+            log.write("$ " + " ".join(argv) + "\n")
+            log.flush()
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+            try:
+                rc: int | str = proc.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the command and anything it started
+                proc.wait()
+                rc = TIMEOUT
+                log.write(f"\n[gpu_session] stopped: the step's budget of {budget:.0f} s was spent\n")
+        rows.append((name, rc, time.perf_counter() - start))
+        stop = rc != 0 and name.startswith("train")
+    return rows
+
+
+def summary(step: int, rows: list[tuple[str, int | str, float]], logs: Path, quick: bool) -> str:
+    """The table of what ran, then the end of each command's log."""
+    lines = [f"step {step} ({'quick, CPU' if quick else 'GPU'})", f"{'command':<28}{'exit':>8}{'seconds':>10}"]
+    lines += [f"{name:<28}{rc!s:>8}{secs:>10.1f}" for name, rc, secs in rows]
+    for name, rc, _ in rows:
+        log = logs / f"{name}.log"
+        if rc == SKIPPED or not log.is_file():
+            continue
+        text = log.read_text(errors="replace").splitlines()
+        keep = text[1:] if name == "leaderboard" else text[-TAIL_LINES:]
+        lines += ["", f"--- {name} (exit {rc}) ---", *keep]
+    return "\n".join(lines) + "\n"
+
+
+def pack(step: int, out: Path, logs: Path, text: str) -> list[Path]:
+    """``out/stepN.tar.gz`` (logs, records, benchmark JSON) and ``out/stepN-summary.txt``; returns both."""
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / f"step{step}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(logs, arcname=f"step{step}/logs")
+        for src in sorted([*(RUNS / "home").rglob("*.json"), *RUNS.glob("*.json")]):
+            tar.add(src, arcname=f"step{step}/{src.relative_to(RUNS)}")
+    (out / f"step{step}-summary.txt").write_text(text)
+    return [archive, out / f"step{step}-summary.txt"]
+
+
+def run_step(step: int, out: Path, *, quick: bool = False, budget: float = 540.0) -> int:
+    """Run the commands of ``step`` within ``budget`` seconds and pack the results into ``out``.
+
+    Returns the number of commands that failed, timed out or were skipped."""
     for path, what in ((DATA, "CIFAR-10 mirror"), (WEIGHTS, "target weights")):
         if not path.is_dir():
             raise SystemExit(f"{path} is missing: copy the {what} there first (docs/gpu-runbook.md, Preparation)")
-    out.mkdir(parents=True, exist_ok=True)
+    commands = step_commands(step, quick)
     env = {**os.environ, "TRANSFERBENCH_HOME": str(RUNS / "home"), "PYTHONPATH": str(ROOT)}
     env["TRANSFERBENCH_OFFLINE"] = "1"  # everything comes from .carry; a download attempt is an error
-    rows, failed = [], 0
-    for name, argv in step_commands(step, quick):
-        start = time.perf_counter()
-        with open(out / f"step{step}-{name}.log", "w") as log:
-            log.write("$ " + " ".join(argv) + "\n")
-            log.flush()
-            rc = subprocess.run(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        rows.append((name, rc, time.perf_counter() - start))
-        failed += rc != 0
-        if rc != 0 and name.startswith("train"):
-            break  # nothing after training can run without its surrogate
-    for src in [*(RUNS / "home").rglob("*.json"), *RUNS.glob("*.json")]:
-        rel = src.relative_to(RUNS)
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, out / rel)
-    print(f"step {step} ({'quick, CPU' if quick else 'GPU'}); logs and results in {out}")
-    print(f"{'command':<28}{'exit':>5}{'seconds':>10}")
-    for name, rc, secs in rows:
-        print(f"{name:<28}{rc:>5}{secs:>10.1f}")
-    return failed
+    site = _wheels_site(env)
+    if site:
+        env["PYTHONPATH"] = os.pathsep.join([site, str(ROOT)])
+    logs = RUNS / f"step{step}-logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    rows = run_commands(commands, logs, budget=budget, env=env)
+    text = summary(step, rows, logs, quick)
+    pack(step, out, logs, text)
+    print(text + f"results: {out / f'step{step}.tar.gz'}")
+    return sum(rc != 0 for _, rc, _ in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("step", type=int, choices=[1, 2, 3])
     p.add_argument("--out", default=os.environ.get("OUT", str(RUNS / "out")), help="logs and results (default $OUT)")
     p.add_argument("--quick", action="store_true", help="toy sizes on a CPU, to check the script")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds of wall time for the step (default 540)")
     args = p.parse_args(argv)
-    return 1 if run_step(args.step, Path(args.out), quick=args.quick) else 0
+    return 1 if run_step(args.step, Path(args.out), quick=args.quick, budget=args.budget) else 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""scripts/gpu_session.py: every command it would run parses with the CLI it calls (GPU and quick modes)."""
+"""scripts/gpu_session.py: every command it would run parses with the CLI it calls (GPU and quick modes); the
+step keeps to its time budget and packs its results into two shallow files."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import tarfile
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -50,3 +54,56 @@ def test_unknown_step_and_missing_data_are_named(session: ModuleType, tmp_path: 
     with pytest.raises(SystemExit, match="nowhere is missing: copy the CIFAR-10 mirror"):
         session.run_step(1, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_a_command_past_the_budget_is_stopped_and_the_rest_skipped(session: ModuleType, tmp_path: Path) -> None:
+    """The step always ends inside its budget, with what finished kept: a device call's limit never hits first."""
+    commands = [
+        ("fast", _py("print('fast done')")),
+        ("slow", _py("import subprocess, sys, time; print('started', flush=True); "
+                     "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)")),
+        ("after", _py("print('never')")),
+    ]  # fmt: skip
+    start = time.monotonic()
+    rows = session.run_commands(commands, tmp_path / "logs", budget=3.0, env=dict(os.environ))
+    assert time.monotonic() - start < 15  # the sleeping command and its child were killed, not waited for
+    assert [(n, rc) for n, rc, _ in rows] == [("fast", 0), ("slow", "timeout"), ("after", "skipped")]
+    slow_log = (tmp_path / "logs" / "slow.log").read_text()
+    assert "started" in slow_log and "budget of 3 s was spent" in slow_log
+    assert not (tmp_path / "logs" / "after.log").exists()
+
+
+def test_a_failed_training_skips_what_needs_its_surrogate(session: ModuleType, tmp_path: Path) -> None:
+    commands = [("train-st", _py("raise SystemExit(3)")), ("evaluate-cifar10", _py("print('x')"))]
+    rows = session.run_commands(commands, tmp_path / "logs", budget=60.0, env=dict(os.environ))
+    assert [(n, rc) for n, rc, _ in rows] == [("train-st", 3), ("evaluate-cifar10", "skipped")]
+
+
+def test_results_are_two_shallow_files_with_every_log_and_record(
+    session: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    record = runs / "home" / "leaderboard" / "cifar10-v1" / "st-0123.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"score": 1}')
+    (runs / "bench.json").write_text("{}")
+    monkeypatch.setattr(session, "RUNS", runs)
+    logs = runs / "step1-logs"
+    rows = session.run_commands(
+        [("train-st", _py("print('epoch 30: test acc 0.93')")), ("leaderboard", _py("print('| 1 | st | 80.00 |')"))],
+        logs, budget=60.0, env=dict(os.environ),
+    )  # fmt: skip
+    text = session.summary(1, rows, logs, quick=False)
+    files = session.pack(1, tmp_path / "out", logs, text)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["step1-summary.txt", "step1.tar.gz"]
+    assert [p.parent for p in files] == [tmp_path / "out"] * 2
+    summary = (tmp_path / "out" / "step1-summary.txt").read_text()
+    assert "train-st" in summary and "epoch 30: test acc 0.93" in summary and "| 1 | st | 80.00 |" in summary
+    with tarfile.open(files[0]) as tar:
+        names = set(tar.getnames())
+    assert {"step1/logs/train-st.log", "step1/logs/leaderboard.log", "step1/bench.json",
+            "step1/home/leaderboard/cifar10-v1/st-0123.json"} <= names  # fmt: skip
