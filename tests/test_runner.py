@@ -290,3 +290,20 @@ def test_balanced_subset_balances_classes_and_fills_up_uneven_lists() -> None:
     assert balanced_subset(uneven, 100, 1000).tolist() == list(range(6))  # never more than the list holds
     skewed = torch.tensor([0] * 8 + [1, 2])  # class 0 dominates: ceil(6/3) = 2 of class 0, then fill-up
     assert balanced_subset(skewed, 6, 3).tolist() == [0, 1, 2, 3, 8, 9]
+
+
+def test_target_accuracy_is_checked_and_a_missing_pin_is_named_only_where_one_could_exist(caplog) -> None:
+    from bench.runner import check_target_accuracy
+    from targets.zoo import TARGETS, TargetError
+
+    data_sha, expected = TARGETS.get("akamaster-resnet20").expected_accuracy[0]
+    check_target_accuracy("akamaster-resnet20", data_sha, expected)  # as pinned: silent
+    with pytest.raises(TargetError, match="the zoo pins"):
+        check_target_accuracy("akamaster-resnet20", data_sha, expected - 0.05)
+    assert caplog.text == ""
+    check_target_accuracy("akamaster-resnet20", "0" * 64, 0.9)  # pinned weights, data without a pinned accuracy
+    assert "akamaster-resnet20 has no pinned clean accuracy for data 000000000000" in caplog.text
+    caplog.clear()
+    check_target_accuracy("smoke-mlp", "0" * 64, 0.5)  # built locally: nothing could be pinned
+    check_target_accuracy("not-a-zoo-entry", "0" * 64, 0.5)
+    assert caplog.text == ""
