@@ -39,7 +39,7 @@ from bench.data import ImageSet
 from bench.models import build_model
 from bench.registry import Registry
 from surrogates.augment import AdversarialExamples, Augment, eval_mode
-from surrogates.regularizers import Objective
+from surrogates.regularizers import INPUT_PENALTIES, Objective
 from surrogates.sam import SAM
 from surrogates.submission import SubmissionError, load_surrogate, save_group, save_surrogate
 from surrogates.training import EpochLog, TrainParts, evaluate_accuracy, fit, lr_factor, model_device
@@ -97,6 +97,7 @@ class RecipeConfig:
     lambda_jr: float = 0.0  # JR: lambda * mean ||d logits / dx||_F^2
     jr_projections: int = 1  # random projections per image for JR; Hoffman et al. 2019 train with 1
     lambda_er: float = 0.0  # ER: lambda / 2 * ||grad_theta L||^2
+    input_penalty: str = "squared"  # IR/JR norm form: "squared" (Ross; Hoffman) or "norm" (seed 002 Sec. 4.1.1)
     # Sharpness-aware minimization (sam.py).
     sam_rho: float = 0.0  # SAM neighbourhood radius; 0 = plain SGD
     sam_adaptive: bool = False  # ASAM (Kwon et al. 2021): per-weight scaled neighbourhood
@@ -136,6 +137,7 @@ def _checks(c: RecipeConfig) -> list[tuple[bool, str]]:
         (list(c.lr_milestones) != sorted(set(c.lr_milestones)) or any(m < 1 for m in c.lr_milestones),
          "lr_milestones must be increasing positive epochs"),
         (c.at_norm not in ("none", "l2", "linf"), f"at_norm must be none, l2 or linf: {c.at_norm!r}"),
+        (c.input_penalty not in INPUT_PENALTIES, f"input_penalty must be squared or norm: {c.input_penalty!r}"),
         ((c.at_norm == "none") != (c.at_eps == 0) or c.at_eps < 0, "at_eps > 0 exactly when at_norm is l2/linf"),
         (c.es_epochs_after_decay > 0 and c.schedule != "step", "early stopping needs the step schedule"),
         (c.es_epochs_after_decay < 0 or not 0 <= c.es_select <= max(len(c.lr_milestones) - 1, 0),
@@ -303,7 +305,8 @@ def build_parts(cfg: RecipeConfig, model: nn.Module, *, steps_per_epoch: int, nu
     if cfg.at_norm != "none":
         perturb = AdversarialExamples(cfg.at_norm, cfg.at_eps, cfg.at_steps, cfg.at_step_frac * cfg.at_eps,  # type: ignore[arg-type]
                                       cfg.at_random_start)  # fmt: skip
-    objective = Objective(cfg.label_smoothing, cfg.lambda_ir, cfg.lambda_jr, cfg.jr_projections, cfg.lambda_er)
+    objective = Objective(cfg.label_smoothing, cfg.lambda_ir, cfg.lambda_jr, cfg.jr_projections, cfg.lambda_er,
+                          cfg.input_penalty)  # fmt: skip
     return TrainParts(opt, objective, torch.optim.lr_scheduler.LambdaLR(stepped, factor),
                       augment if augment != Augment(num_classes) else None, perturb)  # fmt: skip
 

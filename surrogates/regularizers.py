@@ -4,6 +4,12 @@
   ``lambda_ir * mean_i ||grad_x CE(f(x_i), y_i)||_2^2``.
 * JR, input-Jacobian regularization (Sec. 4.1.1, Hoffman et al. 2019):
   ``lambda_jr * mean_i ||J(x_i)||_F^2`` with ``J = d logits / d x``, estimated by random projections.
+
+  Both use the *squared* norm by default (Ross & Doshi-Velez; Hoffman et al.). Seed 002's Sec. 4.1.1 writes
+  the plain norms ``||grad_x CE||_2`` and ``||J||_F``; ``input_penalty="norm"`` trains with those instead
+  (the square root of the same per-image quantity, kept differentiable at 0). For JR that is the root of the
+  projection estimate, which underestimates ``||J||_F`` a little (Jensen), by a factor that does not depend
+  on the model.
 * ER, explicit weight-gradient regularization (Sec. 4.1.2, Barrett & Dherin 2021; Smith et al. 2021):
   ``lambda_er / 2 * ||grad_theta L||_2^2`` with L the batch loss.
 
@@ -69,6 +75,19 @@ def smoothed_targets(targets: torch.Tensor, num_classes: int, p: float) -> torch
     return (1 - p) * q + p / (num_classes - 1) * (1 - q)
 
 
+INPUT_PENALTIES = ("squared", "norm")  # how IR and JR use their per-image norm: ||.||^2 (default) or ||.||
+_NORM_EPS = 1e-12  # inside the square root: the plain norm's gradient stays finite where the norm is 0
+
+
+def penalty_form(sq_norms: torch.Tensor, form: str) -> torch.Tensor:
+    """(B,) per-image penalty from (B,) squared norms: themselves (``squared``) or their root (``norm``)."""
+    if form == "squared":
+        return sq_norms
+    if form == "norm":
+        return torch.sqrt(sq_norms + _NORM_EPS)
+    raise ValueError(f"input_penalty must be one of {INPUT_PENALTIES}, got {form!r}")
+
+
 @dataclass(frozen=True)
 class Objective:
     """The training loss of a recipe: cross-entropy (with label smoothing) plus the gradient penalties.
@@ -82,6 +101,7 @@ class Objective:
     lambda_jr: float = 0.0
     jr_projections: int = 1
     lambda_er: float = 0.0
+    input_penalty: str = "squared"  # IR and JR: "squared" norms (default) or plain "norm" (seed 002's Eqs.)
 
     @property
     def needs_input_grad(self) -> bool:
@@ -98,9 +118,10 @@ class Objective:
         loss = F.cross_entropy(logits, targets)
         ce = loss
         if self.lambda_ir > 0:
-            loss = loss + self.lambda_ir * input_grad_sq_norms(x, ce).mean()
+            loss = loss + self.lambda_ir * penalty_form(input_grad_sq_norms(x, ce), self.input_penalty).mean()
         if self.lambda_jr > 0:
-            loss = loss + self.lambda_jr * jacobian_sq_frobenius(x, logits, self.jr_projections, gen).mean()
+            sq = jacobian_sq_frobenius(x, logits, self.jr_projections, gen)
+            loss = loss + self.lambda_jr * penalty_form(sq, self.input_penalty).mean()
         if self.lambda_er > 0:
             params = [p for p in model.parameters() if p.requires_grad]
             loss = loss + 0.5 * self.lambda_er * weight_grad_sq_norm(ce, params)

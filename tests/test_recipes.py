@@ -35,7 +35,7 @@ from surrogates.recipes import (
     parse_overrides,
     train_recipe,
 )
-from surrogates.regularizers import Objective, jacobian_sq_frobenius, smoothed_targets
+from surrogates.regularizers import Objective, jacobian_sq_frobenius, penalty_form, smoothed_targets
 from surrogates.sam import SAM, frozen_bn_stats
 from surrogates.training import TrainConfig, lr_factor, train_classifier
 
@@ -201,6 +201,25 @@ def test_ir_term_is_lambda_times_squared_input_gradient_norm(digits: ImageSet) -
     ce = F.cross_entropy(logits, y)
     expected = 0.5 * per_image_input_grads(model, x, y).pow(2).flatten(1).sum(1).mean()
     torch.testing.assert_close(loss - ce, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_input_penalty_norm_is_seed_002s_plain_norm_for_ir_and_jr(digits: ImageSet) -> None:
+    """``input_penalty="norm"``: lambda * mean ||g_i|| (Sec. 4.1.1's equations) in place of the squared norm."""
+    model, x, y = tiny_model().eval(), digits.images()[:8], digits.labels[:8]
+    loss, logits = Objective(lambda_ir=0.5, input_penalty="norm")(model, x, y, torch.Generator())
+    expected = 0.5 * per_image_input_grads(model, x, y).flatten(1).norm(dim=1).mean()
+    torch.testing.assert_close(loss - F.cross_entropy(logits, y), expected, rtol=1e-5, atol=1e-7)
+    net, xj = jr_net(), torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    yj = torch.tensor([0, 1, 2])
+    loss, logits = Objective(lambda_jr=1e-2, input_penalty="norm")(net, xj, yj, torch.Generator().manual_seed(5))
+    xg = xj.clone().requires_grad_(True)
+    est = jacobian_sq_frobenius(xg, net(xg), 1, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(loss - F.cross_entropy(logits, yj), 1e-2 * est.sqrt().mean())
+    zero = torch.zeros(3, requires_grad=True)  # the root stays differentiable where a norm is exactly 0
+    (g,) = torch.autograd.grad(penalty_form(zero, "norm").sum(), zero)
+    assert torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="input_penalty must be squared or norm"):
+        configure("ir", {"input_penalty": "cubed"})
 
 
 def test_ir_lowers_the_input_gradient_norm_vs_st(digits: ImageSet, tmp_path: Path) -> None:
