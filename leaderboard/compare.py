@@ -17,11 +17,19 @@ For each (cell, target), with the protocol's ranking ASR definition (``protocol.
   seed per (seed, cell, target), so the interval does not depend on the order of cells. Resampling is done
   exactly but cheaply: the per-image differences take few distinct values, and resampling images with
   replacement is the same as drawing the counts of those values from a multinomial.
-- **p-value**: exact two-sided sign test on the images whose outcome differs (``a_only``: A better on the
-  image, ``b_only``: B better), i.e. ``min(1, 2 P[X <= min(a_only, b_only)])`` with
-  ``X ~ Binomial(a_only + b_only, 1/2)``. For 0/1 outcomes this is exactly the exact McNemar test.
+- **p-value** of ``mean(d) = 0`` for the per-image differences ``d``. For 0/1 outcomes (single models and
+  ensembles on both sides) the exact two-sided McNemar test on the discordant images (``a_only``: A better
+  on the image, ``b_only``: B better), ``min(1, 2 P[X <= min(a_only, b_only)])`` with
+  ``X ~ Binomial(a_only + b_only, 1/2)``. With a seed group on either side ``d`` is fractional and the
+  counts of images where one side is ahead say nothing about the size of the lead (B ahead by 1/3 of the
+  seeds on 60 images is less than A ahead by 1 on 25), so the test is the paired sign-flip randomization test
+  of the mean difference: under the null each image's ``d`` is as likely to have the other sign.
+  ``n_perm`` seeded draws (exactly the McNemar test's null for 0/1 outcomes). Either way the test is of the
+  quantity ``diff`` estimates, so a significant result and ``diff`` point the same way.
 - **Multiplicity**: Holm step-down adjusted p-values over all compared (cell, target) pairs.
-- **Regression**: B significantly worse than A, ``p_holm < alpha`` and ``diff < -min_effect``.
+- **Regression**: B significantly worse than A, ``p_holm < alpha`` and ``diff < -min_effect``. The CI is
+  per cell and not adjusted for multiplicity; it reports the size of the difference, the verdict is Holm's.
+  A comparison in which no (cell, target) has an image to compare is refused (exit 2), not passed.
 
 :func:`exit_code` is the process contract of ``transferbench compare A B``: 0 no significant regression,
 1 a regression; :func:`gate` adds 2 for "cannot compare" (different protocol or data), so CI can tell them apart.
@@ -117,7 +125,8 @@ class Comparison:
             f"score ({self.ranking_cell}, mean {self.asr} ASR over targets): A {100 * self.score_a:.2f}%  "
             f"B {100 * self.score_b:.2f}%  (B - A {100 * (self.score_b - self.score_a):+.2f} pp)",
             f"method: diff = B - A of the {self.asr} ASR on paired images; 95% CI by paired bootstrap over images "
-            f"({self.n_boot} resamples, seed {self.seed}); p by exact McNemar / sign test on discordant images, "
+            f"({self.n_boot} resamples, seed {self.seed}); p by exact McNemar on discordant images (0/1 outcomes) "
+            "or a paired sign-flip test of the mean (seed groups), "
             f"Holm-adjusted over {int(self.cells['p_value'].notna().sum())} (cell, target) tests; "
             f"regression = Holm p < {self.alpha:g} and diff < -{100 * self.min_effect:g} pp",
         ]
@@ -176,6 +185,30 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     else:
         cdf = float(binom.cdf(k, n, 0.5))
     return min(1.0, 2.0 * cdf)
+
+
+def sign_flip_p(d: np.ndarray, *, n_perm: int, rng: np.random.Generator) -> float:
+    """Two-sided p-value of ``mean(d) = 0`` by the paired sign-flip randomization test (Monte Carlo).
+
+    Under the null every nonzero ``d_i`` is as likely to be ``-d_i``. The draws use the distinct absolute
+    values of ``d``: with ``c`` images at ``|d| = v``, a draw's sum gets ``v (2 Binomial(c, 1/2) - c)`` from them,
+    which is exact and costs one binomial per distinct value. ``p = (1 + #{|sum*| >= |sum|}) / (1 + n_perm)``.
+    """
+    nz = np.abs(d[d != 0])
+    if nz.size == 0:
+        return 1.0
+    values, counts = np.unique(nz, return_counts=True)
+    observed = abs(float(d.sum()))
+    draws = (2 * rng.binomial(counts, 0.5, size=(n_perm, values.size)) - counts) @ values  # (n_perm,)
+    tol = 1e-9 * max(1.0, observed)  # equal sums may differ in the last bits
+    return float((1 + np.count_nonzero(np.abs(draws) >= observed - tol)) / (1 + n_perm))
+
+
+def paired_p_value(d: np.ndarray, *, n_perm: int, rng: np.random.Generator) -> float:
+    """p of ``mean(d) = 0``: exact McNemar for differences of 0/1 outcomes, else :func:`sign_flip_p`."""
+    if np.isin(d, (-1.0, 0.0, 1.0)).all():
+        return mcnemar_exact(int((d < 0).sum()), int((d > 0).sum()))
+    return sign_flip_p(d, n_perm=n_perm, rng=rng)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -242,6 +275,10 @@ def check_comparable(a: Record, b: Record, *, allow_precision_mismatch: bool = F
                 f"(sha256 {str(b.targets[t].get('sha256'))[:12]}); evaluate both against the same target checkpoint."
             )
     for name, rec in (("A", a), ("B", b)):
+        if not rec.runs:
+            raise ComparisonError(
+                f"{name} ({rec.submission['name']}) has no runs; the record is damaged: re-evaluate it."
+            )
         for i, run in enumerate(rec.runs):
             if "outcomes" not in run or "success" not in run["outcomes"]:
                 raise ComparisonError(
@@ -284,6 +321,7 @@ def compare(
     asr: str | None = None,
     cells: Sequence[str] | None = None,
     n_boot: int = 10_000,
+    n_perm: int = 10_000,
     seed: int = 0,
     allow_precision_mismatch: bool = False,
 ) -> Comparison:
@@ -298,8 +336,9 @@ def compare(
         raise ComparisonError(f"alpha must be in (0, 1), got {alpha}")
     if min_effect < 0:
         raise ComparisonError(f"min_effect is a non-negative fraction (0.02 = 2 points), got {min_effect}")
-    if n_boot < 100:
-        raise ComparisonError(f"n_boot={n_boot} is too few bootstrap resamples for a 95% interval; use 1000 or more")
+    if n_boot < 100 or n_perm < 100:
+        raise ComparisonError(f"n_boot={n_boot}, n_perm={n_perm}: too few resamples for a 95% interval or a p-value "
+                              "near 0.05; use 1000 or more")  # fmt: skip
     check_comparable(a, b, allow_precision_mismatch=allow_precision_mismatch)
     asr = asr or a.protocol.get("ranking_asr", "target_correct")
     if asr not in ASR_DEFINITIONS:
@@ -337,17 +376,24 @@ def compare(
             a_only, b_only = int((d < 0).sum()), int((d > 0).sum())
             rng = np.random.default_rng([seed, zlib.crc32(f"{cell}|{t}".encode())])
             lo, hi = paired_bootstrap_ci(d, n_boot=n_boot, rng=rng)
+            p = paired_p_value(d, n_perm=n_perm, rng=rng) if d.size else math.nan
             rate_a = float(fa.mean()) if fa.size else math.nan
             rate_b = float(fb.mean()) if fb.size else math.nan
             rows.append({
                 "cell": cell, "target": t, "ranking": cell == ranking_cell, "n": int(mask.sum()),
                 "n_excluded": excluded, "rate_a": rate_a, "rate_b": rate_b, "diff": rate_b - rate_a,
                 "ci_lo": lo, "ci_hi": hi, "a_only": a_only, "b_only": b_only,
-                "p_value": mcnemar_exact(a_only, b_only) if fa.size else math.nan,
+                "p_value": p,
             })  # fmt: skip
     df = pd.DataFrame(rows, columns=[c for c in CELL_COLUMNS if c not in ("p_holm", "significant", "regression",
                                                                           "improvement")])  # fmt: skip
-    df["p_holm"] = holm(df["p_value"].to_numpy()) if len(df) else []
+    if not df["p_value"].notna().any():
+        raise ComparisonError(
+            f"nothing to compare: {len(df)} (cell, target) pairs and none has an image to pair under the {asr!r} "
+            "definition (no cells selected, or no image that the targets classify correctly). Compare more cells, "
+            "another --asr, or records on more images."
+        )
+    df["p_holm"] = holm(df["p_value"].to_numpy())
     df["significant"] = df["p_holm"] < alpha
     df["regression"] = df["significant"] & (df["diff"] < -min_effect)
     df["improvement"] = df["significant"] & (df["diff"] > min_effect)

@@ -1,4 +1,5 @@
-"""Paired comparison of two records: McNemar / sign test, bootstrap CI, Holm, refusals and the exit-code contract."""
+"""Paired comparison of two records: McNemar / sign-flip tests, bootstrap CI, Holm, refusals and the exit-code
+contract."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from leaderboard.compare import (
     holm,
     mcnemar_exact,
     paired_bootstrap_ci,
+    paired_p_value,
+    sign_flip_p,
 )
 from leaderboard.record import Record
 
@@ -241,3 +244,84 @@ def test_records_of_different_precisions_are_compared_only_when_asked(pair: tupl
     assert (result.precision_a, result.precision_b) == ("fp32", "bf16")
     assert "precision A fp32, B bf16" in result.format()
     assert result.cells.equals(compare(a, b).cells)  # the bits are the same: only the refusal differs
+
+
+def test_sign_flip_p_matches_exact_enumeration_and_mcnemar() -> None:
+    import itertools
+
+    d = np.array([1 / 3, 1 / 3, 2 / 3, -1.0, 0.0, 1 / 3, -1 / 3, 2 / 3])
+    nz = d[d != 0]
+    sums = [abs(float(np.dot(s, nz))) for s in itertools.product((-1, 1), repeat=nz.size)]
+    exact = np.mean([s >= abs(d.sum()) - 1e-12 for s in sums])
+    rng = np.random.default_rng(0)
+    assert sign_flip_p(d, n_perm=200_000, rng=rng) == pytest.approx(exact, abs=0.005)
+    # for differences of 0/1 outcomes the randomization null is McNemar's: both give the same p
+    d01 = np.array([1.0] * 9 + [-1.0] * 2 + [0.0] * 30)
+    assert paired_p_value(d01, n_perm=1000, rng=rng) == mcnemar_exact(2, 9)
+    assert sign_flip_p(d01, n_perm=200_000, rng=rng) == pytest.approx(mcnemar_exact(2, 9), abs=0.005)
+    assert sign_flip_p(np.zeros(5), n_perm=1000, rng=rng) == 1.0
+
+
+def _set_success(rec: Record, cell: str, target: str, runs_bits: list[np.ndarray]) -> None:
+    for run, bits in zip(rec.runs, runs_bits, strict=True):
+        run["outcomes"]["success"][cell][target] = pack_bits(bits)
+
+
+def test_a_seed_group_lead_on_more_images_but_smaller_in_total_is_not_a_regression() -> None:
+    """B ahead by 1/3 of A's seeds on 60 images, A ahead by 1 on 25: the counts favour B, the mean favours A
+    by 1.25 points; the verdict follows the tested mean, which is not significantly different from 0."""
+    n, cell, t = 400, PROTO.ranking_cell, PROTO.targets[0]
+    a = copy.deepcopy(make_record("group", n_runs=3))
+    b = copy.deepcopy(make_record("single"))
+    for rec in (a, b):
+        rec.data["n_images"] = n
+        for run in rec.runs:
+            run["outcomes"]["clean_correct"] = pack_bits(np.ones(n, dtype=bool))
+            for c in run["outcomes"]["success"]:
+                run["outcomes"]["success"][c] = {m: pack_bits(np.zeros(n, dtype=bool)) for m in
+                                                 ["surrogate", *PROTO.targets]}  # fmt: skip
+        for target in PROTO.targets:
+            rec.targets[target]["clean_correct"] = pack_bits(np.ones(n, dtype=bool))
+    seeds = [np.zeros(n, dtype=bool) for _ in range(3)]
+    for s in seeds:
+        s[:60] = True  # 2 of 3 seeds succeed on images 0..59 (below), B on all of them: B ahead by 1/3
+    seeds[2][:60] = False
+    for s in seeds:
+        s[100:125] = True  # every seed succeeds on 25 images where B fails: A ahead by 1
+    single = np.zeros(n, dtype=bool)
+    single[:60] = True
+    _set_success(a, cell, t, seeds)
+    _set_success(b, cell, t, [single])
+    row = compare(a, b, cells=[cell]).cells.set_index("target").loc[t]
+    assert (row["a_only"], row["b_only"]) == (25, 60)  # the counts point to B ...
+    assert row["diff"] == pytest.approx((60 / 3 - 25) / n)  # ... the mean to A
+    assert row["p_value"] > 0.2 and not row["regression"] and not row["improvement"]
+    code, _ = gate(a, b, cells=[cell])
+    assert code == EXIT_OK and gate(b, a, cells=[cell])[0] == EXIT_OK  # symmetric
+
+
+def test_a_comparison_with_nothing_to_compare_is_refused_not_passed() -> None:
+    a, b = make_record("a"), make_record("b")
+    b.targets = copy.deepcopy(a.targets)
+    code, report = gate(a, b, cells=[])
+    assert code == EXIT_NOT_COMPARABLE and "nothing to compare" in report
+    for rec in (a, b):
+        for target in PROTO.targets:  # no image any target classifies correctly
+            rec.targets[target]["clean_correct"] = pack_bits(np.zeros(a.data["n_images"], dtype=bool))
+    code, report = gate(a, b)
+    assert code == EXIT_NOT_COMPARABLE and "target_correct" in report
+    empty = copy.deepcopy(b)
+    empty.runs = []
+    assert gate(a, empty)[0] == EXIT_NOT_COMPARABLE and "has no runs" in gate(a, empty)[1]
+
+
+def test_bit_strings_of_another_length_or_with_padding_set_are_refused() -> None:
+    bits = np.array([True, False, True])
+    assert unpack_bits(pack_bits(bits), 3).tolist() == bits.tolist()
+    assert unpack_bits(pack_bits(np.zeros(0, dtype=bool)), 0).size == 0
+    with pytest.raises(ValueError, match="expected 3"):
+        unpack_bits(pack_bits(np.ones(20, dtype=bool)), 3)  # outcomes of 20 images read as 3
+    with pytest.raises(ValueError, match="beyond the 3 images"):
+        unpack_bits("/w==", 3)  # one byte, all 8 bits set
+    with pytest.raises(ValueError, match="not a base64"):
+        unpack_bits("not base64!", 3)

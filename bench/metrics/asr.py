@@ -72,7 +72,19 @@ def pack_bits(bits: np.ndarray) -> str:
 
 
 def unpack_bits(text: str, n: int) -> np.ndarray:
-    raw = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
-    if n > 8 * raw.size:
-        raise ValueError(f"bit string holds at most {8 * raw.size} outcomes, {n} requested")
-    return np.unpackbits(raw)[:n].astype(bool)
+    """base64 string -> bool (n,), the inverse of :func:`pack_bits`.
+
+    The string must hold exactly ``ceil(n / 8)`` bytes with the padding bits after the n-th at zero, as
+    :func:`pack_bits` writes it: a longer string or set padding bits mean the outcomes belong to another image
+    count (a damaged or mismatched record), and reading a prefix of them would pair the wrong images.
+    """
+    try:
+        raw = np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"not a base64 bit string ({e})") from None
+    if raw.size != (n + 7) // 8:
+        raise ValueError(f"bit string holds {8 * raw.size} outcomes (with padding), expected {n}")
+    bits = np.unpackbits(raw)
+    if bits[n:].any():
+        raise ValueError(f"bit string has outcomes set beyond the {n} images it should hold")
+    return bits[:n].astype(bool)
