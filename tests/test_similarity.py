@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 
 from bench.metrics.similarity import (
     SimilarityResult,
+    cosine_per_image,
     gradient_cosine,
     gradient_similarity,
     gradient_similarity_many,
@@ -189,3 +191,32 @@ def test_result_aggregates_over_finite_values() -> None:
     assert result.mean == pytest.approx(0.25) and result.min == -0.5
     empty = gradient_similarity(_cnn(0), _cnn(1), torch.empty(0, 2, 3, 3), torch.empty(0, dtype=torch.long))
     assert empty.cosines.shape == (0,) and empty.n_valid == 0
+
+
+def test_margin_cross_entropy_is_cross_entropy_with_a_float32_exact_gradient() -> None:
+    """On confidently classified images (1 - p_y below float32's resolution) F.cross_entropy's input gradient
+    loses its p_y - 1 term; the metrics' loss keeps it, matching a float64 reference."""
+    from bench.metrics.similarity import margin_cross_entropy
+
+    logits = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 4
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    torch.testing.assert_close(margin_cross_entropy(logits, y), F.cross_entropy(logits, y, reduction="sum"))
+    model = _cnn(3, nn.Tanh)
+    with torch.no_grad():  # scale the head: logit margins of ~20-60, 1 - p_y from 1e-8 down to 1e-25
+        model[-1].weight.mul_(200)
+    x = torch.rand(12, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    # reference: J^T g in float64 with dCE/dz = p - e_y written as p_j (j != y) and -sum_{j != y} p_j at y
+    x64 = x.double().requires_grad_(True)
+    z = copy.deepcopy(model).double()(x64)
+    p = z.detach().softmax(1)
+    g = p.scatter(1, y[:, None], 0.0)
+    g = g.scatter(1, y[:, None], -g.sum(1, keepdim=True))
+    (reference,) = torch.autograd.grad(z, x64, grad_outputs=g)
+    assert (1 - p.max(1).values < 6e-8).sum() >= 6  # confident beyond float32's resolution
+    ours = input_gradient(model, x, y)
+    assert cosine_per_image(ours, reference).min() > 1 - 1e-4  # (F.cosine_similarity's eps breaks at 1e-25)
+    xg = x.clone().requires_grad_(True)  # what plain float32 cross-entropy gives on the same images
+    (plain,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+    assert cosine_per_image(plain, reference).min() < 0.9

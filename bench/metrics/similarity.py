@@ -88,8 +88,25 @@ def check_dataset(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -
     return images.shape[0]
 
 
+def margin_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of (B, K) ``logits`` at labels ``y``, written so that float32 keeps its gradient.
+
+    ``CE = log(1 + sum_{j != y} exp(z_j - z_y))``: the same function as ``F.cross_entropy``, but its gradient
+    w.r.t. ``z_y`` comes out as ``-sum_{j != y} p_j``, a sum of small numbers, instead of ``p_y - 1``, which
+    float32 rounds to 0 once ``1 - p_y < 6e-8`` (a logit margin of about 17, common on a well-trained model).
+    With ``p_y - 1`` lost, the input gradient of a confident image points the wrong way and its cosine with
+    another model's gradient is meaningless. Used by the metrics (similarity, smoothness); the attacks keep
+    ``F.cross_entropy``, as the reference implementations they are tested against do.
+    """
+    true = logits.gather(1, y[:, None])  # (B, 1)
+    others = (logits - true).masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))  # (B, K), -inf at y
+    return F.softplus(torch.logsumexp(others, dim=1)).sum()
+
+
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image input gradients ``grad_x CE(model(x), y)``, shape (B, C, H, W), detached.
+
+    CE is :func:`margin_cross_entropy`, exact in float32 also on confidently classified images.
 
     The loss is the SUM of per-image losses: in eval mode image i's loss depends on x_i only, so the gradient of
     the sum w.r.t. x_i is exactly image i's own gradient (a mean would scale it by 1/B). Runs in x's dtype with
@@ -99,7 +116,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     y = check_batch(x, y)
     x = x.detach().requires_grad_(True)  # (B, C, H, W)
     with torch.enable_grad(), no_autocast(x.device):
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        loss = margin_cross_entropy(model(x), y)
         if not loss.requires_grad:
             return torch.zeros_like(x)
         (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
