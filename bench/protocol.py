@@ -105,7 +105,8 @@ class WeightSharpnessSpec:
             raise ValueError(f"weight sharpness needs images, max_iters, probes >= 1 and tol > 0, got {self}")
 
 
-OPTIONAL_FIELDS = ("image_preparation", "label_space", "weight_sharpness")
+OPTIONAL_FIELDS = ("image_preparation", "label_space", "weight_sharpness", "smoothness_stop")
+LEGACY_SMOOTHNESS_STOP = "rayleigh-change"  # the rule of every protocol defined before smoothness_stop existed
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ class Protocol:
     image_preparation: str | None = None  # how stored images became input_size (resize / crop rule)
     label_space: LabelSpace | None = None  # e.g. ImageNette's 10 classes inside ImageNet's 1,000
     weight_sharpness: WeightSharpnessSpec | None = None  # surrogate diagnostic of seed 004, in every run
+    # Convergence rule of the smoothness power iteration (bench.metrics.smoothness.STOP_RULES); None is the rule
+    # the protocols before this field used, "rayleigh-change". New versions should state "residual".
+    smoothness_stop: str | None = None
 
     def __post_init__(self) -> None:
         keys = {c.key for c in self.cells()}
@@ -146,6 +150,9 @@ class Protocol:
             raise ValueError(f"ranking cell {self.ranking_cell!r} is not in the grid of {self.name}")
         if self.ranking_asr not in ASR_DEFINITIONS:
             raise ValueError(f"ranking_asr must be one of {ASR_DEFINITIONS}")
+        if self.smoothness_stop not in (None, "residual", LEGACY_SMOOTHNESS_STOP):
+            raise ValueError(f"{self.name}: smoothness_stop must be 'residual' or {LEGACY_SMOOTHNESS_STOP!r}, "
+                             f"got {self.smoothness_stop!r}")  # fmt: skip
         if self.label_space is not None and len(self.label_space.indices) != self.num_classes:
             raise ValueError(f"{self.name}: its label space lists {len(self.label_space.indices)} classes, not "
                              f"num_classes={self.num_classes}")  # fmt: skip
@@ -153,6 +160,11 @@ class Protocol:
     @property
     def id(self) -> str:
         return f"{self.name}-v{self.version}"
+
+    @property
+    def smoothness_stop_rule(self) -> str:
+        """The smoothness convergence rule this protocol uses (``smoothness_stop``, or the legacy rule)."""
+        return self.smoothness_stop or LEGACY_SMOOTHNESS_STOP
 
     def cells(self) -> list[Cell]:
         return [Cell(a.attack, e, m) for a in self.attacks for e in self.eps_255 for m in self.modes]

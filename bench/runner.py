@@ -336,7 +336,8 @@ def _surrogate_metrics(
     sub = balanced_subset(b.y, protocol.smoothness_images, protocol.num_classes)
     sm = b.metric.call(
         lambda bs: smoothness(model, b.x[sub], b.y[sub], batch_size=bs, iters=protocol.smoothness_iters,
-                              tol=protocol.smoothness_tol, device=device, ids=b.ids[sub]),
+                              tol=protocol.smoothness_tol, device=device, ids=b.ids[sub],
+                              stop=protocol.smoothness_stop_rule),
         len(sub),
     )  # fmt: skip
     bad = ~torch.isfinite(sm.eigenvalues)

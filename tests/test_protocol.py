@@ -130,3 +130,15 @@ def test_the_protocols_page_lists_every_registered_protocol_with_its_hash() -> N
     page = (Path(__file__).resolve().parent.parent / "docs" / "protocols.md").read_text()
     for name, proto in PROTOCOLS.items():
         assert f"| `{name}` | {proto.version} | {proto.kind} | {proto.status} | `{proto.sha256}` |" in page, name
+
+
+def test_smoothness_stop_rule_is_pinned_and_hash_neutral_while_absent() -> None:
+    """Protocols defined before the field keep their hashes and the rule they were measured with."""
+    for name in PROTOCOLS:
+        assert get_protocol(name).smoothness_stop_rule == "rayleigh-change"
+    proto = get_protocol("cifar10")
+    residual = dataclasses.replace(proto, smoothness_stop="residual")
+    assert residual.smoothness_stop_rule == "residual" and residual.sha256 != proto.sha256
+    assert dataclasses.replace(proto, smoothness_stop=None).sha256 == proto.sha256
+    with pytest.raises(ValueError, match="smoothness_stop must be"):
+        dataclasses.replace(proto, smoothness_stop="sometimes")

@@ -307,3 +307,21 @@ def test_target_accuracy_is_checked_and_a_missing_pin_is_named_only_where_one_co
     check_target_accuracy("smoke-mlp", "0" * 64, 0.5)  # built locally: nothing could be pinned
     check_target_accuracy("not-a-zoo-entry", "0" * 64, 0.5)
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("stop", [None, "residual"])
+def test_the_runner_uses_the_protocols_smoothness_stop_rule(world, monkeypatch: pytest.MonkeyPatch, stop) -> None:
+    import bench.runner as runner
+
+    seen = []
+    real = runner.smoothness
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs["stop"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "smoothness", spy)
+    proto = dataclasses.replace(PROTO, smoothness_stop=stop)
+    evaluate(load_surrogate(world["folders"]["sur-a"]), proto, world["data"], world["targets"], limit=10,
+             progress=False)  # fmt: skip
+    assert seen and set(seen) == {stop or "rayleigh-change"}

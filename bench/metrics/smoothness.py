@@ -20,14 +20,27 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench import rng
-from bench.metrics.similarity import check_batch, check_dataset, check_eval_mode, no_autocast, resolve_device
+from bench.metrics.similarity import (
+    check_batch,
+    check_dataset,
+    check_eval_mode,
+    margin_cross_entropy,
+    no_autocast,
+    resolve_device,
+)
 
 INIT_SEED = 0
 INIT_STREAM = "smoothness_init"
+# When an image's power iteration counts as converged (``tol`` is relative in both):
+# - "residual": ||H v - lambda v|| <= tol * |lambda| for the unit iterate v, i.e. lambda lies within tol of an
+#   eigenvalue (Weyl) and v is an eigenvector to within tol. The default.
+# - "rayleigh-change": |lambda_t - lambda_{t-1}| <= tol * |lambda_t|, the rule of the protocols defined before the
+#   residual one (they pin it). The Rayleigh quotient converges twice as fast as the vector and stalls when the
+#   two largest eigenvalues are close in magnitude, so this passes values that are off by more than tol.
+STOP_RULES = ("residual", "rayleigh-change")
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,7 @@ def _input_grad_graph(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
     """Leaf copy of ``x`` and ``g = grad_x sum_i CE_i`` with its graph kept, ready for repeated double backward."""
     x = x.detach().requires_grad_(True)  # (B, C, H, W)
     with torch.enable_grad(), no_autocast(x.device):
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        loss = margin_cross_entropy(model(x), y)  # float32-exact on confident images (similarity.py)
         if not loss.requires_grad:
             return x, torch.zeros_like(x)
         (grad,) = torch.autograd.grad(loss, x, create_graph=True, allow_unused=True)
@@ -107,11 +120,13 @@ def _unit(v: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     return v / safe.view(-1, *([1] * (v.ndim - 1)))
 
 
-def _check_power_params(iters: int, tol: float) -> None:
+def _check_power_params(iters: int, tol: float, stop: str) -> None:
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be a positive int, got {iters!r}")
     if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number (relative eigenvalue change), got {tol!r}")
+        raise ValueError(f"tol must be a non-negative number (relative), got {tol!r}")
+    if stop not in STOP_RULES:
+        raise ValueError(f"stop must be one of {STOP_RULES}, got {stop!r}")
 
 
 def input_hessian_top_eigenvalue(
@@ -122,18 +137,20 @@ def input_hessian_top_eigenvalue(
     iters: int = 20,
     tol: float = 1e-3,
     init: torch.Tensor | None = None,
+    stop: str = "residual",
 ) -> SmoothnessResult:
     """Dominant (largest-magnitude, signed) input-Hessian eigenvalue of each image's CE loss by power iteration.
 
     All images of the batch iterate together. Start vectors are ``init`` (shape of x) or, by default, the
-    ``bench.rng`` vectors of ids ``arange(B)``. Image i has converged once
-    ``|lambda_t - lambda_{t-1}| <= tol * max(|lambda_t|, 1e-12)`` (or when ``H v = 0``: eigenvalue 0); it is then
-    frozen, so its result does not depend on the other images. Stops after ``iters`` or when all have converged.
-    Runs in x's dtype (float32 in the benchmark) with autocast off; the result is float32 on CPU.
+    ``bench.rng`` vectors of ids ``arange(B)``. Image i has converged once it passes the ``stop`` rule
+    (:data:`STOP_RULES`; by default its residual ``||H v - lambda v|| <= tol * |lambda|``) or when ``H v = 0``
+    (eigenvalue 0); it is then frozen, so its result does not depend on the other images. Stops after ``iters``
+    or when all have converged. Runs in x's dtype (float32 in the benchmark) with autocast off; the result is
+    float32 on CPU.
     """
     check_eval_mode(model)
     y = check_batch(x, y)
-    _check_power_params(iters, tol)
+    _check_power_params(iters, tol, stop)
     if init is None:
         init = init_vectors(torch.arange(x.shape[0]), x)
     elif init.shape != x.shape:
@@ -142,12 +159,12 @@ def input_hessian_top_eigenvalue(
         return SmoothnessResult(torch.empty(0), torch.empty(0, dtype=torch.bool), 0)
     v = init.detach().to(device=x.device, dtype=x.dtype)  # (B, C, H, W)
     v = _unit(v, v.flatten(1).norm(dim=1))
-    eigenvalues, converged, iterations = _power_iteration(model, x, y, v, iters, float(tol))
+    eigenvalues, converged, iterations = _power_iteration(model, x, y, v, iters, float(tol), stop)
     return SmoothnessResult(eigenvalues.float().cpu(), converged.cpu(), iterations)
 
 
 def _power_iteration(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, iters: int, tol: float
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, iters: int, tol: float, stop: str
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Run the iteration on unit vectors v; return (eigenvalues (B,), converged (B,), iterations run).
 
@@ -169,20 +186,31 @@ def _power_iteration(
             x_leaf, grad = _input_grad_graph(model, x[active], y[active])
         w = _hvp_from_graph(x_leaf, grad, v[graph_idx])  # (G, C, H, W)
         keep = ~converged[graph_idx]  # (G,) frozen images are skipped
-        _power_step(v, w[keep], lam, converged, graph_idx[keep], tol)
+        _power_step(v, w[keep], lam, converged, graph_idx[keep], tol, stop)
         iterations += 1
     return lam, converged, iterations
 
 
 def _power_step(
-    v: torch.Tensor, w: torch.Tensor, lam: torch.Tensor, converged: torch.Tensor, idx: torch.Tensor, tol: float
+    v: torch.Tensor,
+    w: torch.Tensor,
+    lam: torch.Tensor,
+    converged: torch.Tensor,
+    idx: torch.Tensor,
+    tol: float,
+    stop: str = "residual",
 ) -> None:
-    """In-place update of images ``idx``: eigenvalue <v, Hv>, convergence test, next vector Hv / ||Hv||."""
+    """In-place update of images ``idx``: eigenvalue <v, Hv>, convergence test (``stop``, see
+    :data:`STOP_RULES`), next vector Hv / ||Hv||."""
     v_old = v[idx]  # (A, C, H, W)
     lam_new = (v_old * w).flatten(1).sum(dim=1)  # (A,) Rayleigh quotient of the unit vector v_old
     norm = w.flatten(1).norm(dim=1)  # (A,)
-    change = (lam_new - lam[idx]).abs()  # (A,) NaN on the first iteration: never converged there
-    done = (change <= tol * lam_new.abs().clamp_min(1e-12)) | (norm == 0)
+    if stop == "residual":
+        residual = (w - lam_new.view(-1, *([1] * (w.ndim - 1))) * v_old).flatten(1).norm(dim=1)  # (A,)
+        done = residual <= tol * lam_new.abs()
+    else:  # "rayleigh-change": NaN on the first iteration, so never converged there
+        done = (lam_new - lam[idx]).abs() <= tol * lam_new.abs().clamp_min(1e-12)
+    done = done | (norm == 0)
     lam[idx] = lam_new
     converged[idx] = done
     v[idx] = torch.where((norm > 0).view(-1, *([1] * (w.ndim - 1))), _unit(w, norm), v_old)
@@ -198,8 +226,11 @@ def smoothness(
     tol: float = 1e-3,
     device: torch.device | str | None = None,
     ids: torch.Tensor | None = None,
+    stop: str = "residual",
 ) -> SmoothnessResult:
     """Dominant input-Hessian eigenvalue for every image of a set, in batches of ``batch_size``.
+
+    ``stop`` is the convergence rule (:data:`STOP_RULES`); a protocol pins it (``Protocol.smoothness_stop``).
 
     ``images`` (N, C, H, W) float in [0, 1] and ``labels`` (N,) may live on CPU; each batch is moved to ``device``
     (default: the model's device) as float32. ``ids`` (N,) key the start vectors (default ``arange(N)``): pass the
@@ -207,7 +238,7 @@ def smoothness(
     """
     check_eval_mode(model)
     n = check_dataset(images, labels, batch_size)
-    _check_power_params(iters, tol)
+    _check_power_params(iters, tol, stop)
     if ids is None:
         ids = torch.arange(n)
     elif ids.shape != (n,) or ids.is_floating_point():
@@ -218,7 +249,7 @@ def smoothness(
         x = images[start : start + batch_size].to(device=device, dtype=torch.float32)  # (b, C, H, W)
         y = labels[start : start + batch_size].to(device)  # (b,)
         init = init_vectors(ids[start : start + batch_size], x)  # (b, C, H, W)
-        parts.append(input_hessian_top_eigenvalue(model, x, y, iters=iters, tol=tol, init=init))
+        parts.append(input_hessian_top_eigenvalue(model, x, y, iters=iters, tol=tol, init=init, stop=stop))
     if not parts:
         return SmoothnessResult(torch.empty(0), torch.empty(0, dtype=torch.bool), 0)
     return SmoothnessResult(
