@@ -173,6 +173,30 @@ def test_grey_and_cmyk_jpegs_become_rgb(tmp_path: Path) -> None:
     assert (cmyk[0] - 255).abs().max() <= 6 and cmyk[1:].max() <= 6  # CMYK red -> RGB red
 
 
+def test_16_bit_images_are_refused_not_clipped_to_white() -> None:
+    """Pillow's convert("RGB") clips 16-bit values to 255: such a mirror would feed white images."""
+    wide = Image.fromarray((np.arange(48 * 40, dtype=np.uint16).reshape(40, 48) * 30).astype(np.uint16))
+    buf = io.BytesIO()
+    wide.save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
+    with pytest.raises(ValueError, match=r"image deep\.png has 'I.*16-bit or float.*8-bit"):
+        prepare_image(buf.getvalue(), Preparation(24), "deep.png")
+
+
+def test_resize_input_anti_aliases_only_when_it_shrinks() -> None:
+    from bench.models.adapters import ResizeInput
+
+    stripes = torch.zeros(1, 3, 36, 36)
+    stripes[..., ::2] = 1.0  # the highest frequency: shrunk 3.6x without a low-pass filter it aliases
+    small = ResizeInput(torch.nn.Identity(), (10, 10), "bilinear")(stripes)
+    aliased = torch.nn.functional.interpolate(stripes, size=(10, 10), mode="bilinear", align_corners=False)
+    assert aliased[..., 1:-1].std() > 0.25  # plain bilinear sampling: stripes of 0s and 1s survive (measured 0.30)
+    assert small[..., 1:-1].std() < 0.02  # anti-aliased: the stripes average to grey (measured 0.008)
+    big = ResizeInput(torch.nn.Identity(), (64, 64), "bilinear")(stripes)
+    plain = torch.nn.functional.interpolate(stripes, size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.equal(big, plain)  # enlarging: as before, no anti-aliasing
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # ImageNette
 # ----------------------------------------------------------------------------------------------------------------------

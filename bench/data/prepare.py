@@ -87,16 +87,27 @@ class Preparation:
         )
 
 
+# Pillow modes of more than 8 bits per channel; ``convert("RGB")`` clips them to 255 instead of rescaling.
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
 def prepare_image(source: bytes | Path, prep: Preparation, where: str) -> np.ndarray:
     """Decode one image and apply ``prep``: uint8 (3, size, size). ``where`` names the image in errors."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            rgb = image.convert("RGB")  # grey-scale, palette, CMYK, RGBA -> RGB
+            mode = image.mode
+            # grey-scale, palette, CMYK, RGBA -> RGB; 16-bit and float pixels are refused below
+            rgb = None if mode in _WIDE_MODES else image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(
             f"image {where} cannot be decoded ({type(exc).__name__}: {exc}); the bytes are corrupt or not an image "
             "format Pillow reads: re-create the mirror or remove the file"
         ) from exc
+    if rgb is None:
+        raise ValueError(
+            f"image {where} has {mode!r} pixels (16-bit or float): converting them to 8-bit RGB would clip every "
+            "value above 255 and turn the image white. Store the mirror's images as 8-bit (the official data sets are)"
+        )
     width, height = rgb.size
     short = prep.resize_to
     new = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)

@@ -32,7 +32,9 @@ class ResizeInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.size:
-            kw = {} if self.interpolation == "nearest" else {"align_corners": False, "antialias": False}
+            # Enlarging (every zoo target so far) needs no anti-aliasing; shrinking without it would alias.
+            shrink = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
+            kw = {} if self.interpolation == "nearest" else {"align_corners": False, "antialias": shrink}
             x = F.interpolate(x, size=self.size, mode=self.interpolation, **kw)
             if self.interpolation == "bicubic":
                 x = x.clamp(0, 1)
