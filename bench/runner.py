@@ -177,20 +177,19 @@ def weight_sharpness(
 def balanced_subset(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
     """Indices (sorted) of ``min(n, len(labels))`` images: the subset rule of metrics and partial runs.
 
-    The first ceil(n/K) images of each class in list order, then the first ``n`` of those in list order. Where
-    classes hold too few images for that (uneven lists, e.g. 1,000 images over 1,000 ImageNet classes), the
-    earliest images not yet taken fill the subset up to ``n``; on a list with enough images per class the
-    fill-up never happens and the rule is plain class balancing.
+    Round robin over the classes in list order: every class's first image (by position in the list), then every
+    class's second image, and so on; the first ``n`` of that order. Class counts differ by at most one while
+    each class has images left, whatever the list's order (a list sorted by class included), and classes that
+    run short leave their share to the others. When ``n`` is a multiple of K and every class has ``n / K``
+    images, this is the first ``n / K`` images of each class, the subsets of every protocol's metrics.
     """
-    per_class = -(-n // num_classes)
-    picks = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)]
-    chosen = torch.sort(torch.cat(picks)).values[:n]
-    short = min(n, len(labels)) - len(chosen)
-    if short > 0:
-        free = torch.ones(len(labels), dtype=torch.bool)
-        free[chosen] = False
-        chosen = torch.sort(torch.cat([chosen, torch.nonzero(free).flatten()[:short]])).values
-    return chosen
+    m = len(labels)
+    rank = torch.zeros(m, dtype=torch.long)  # (N,) position of each image within its class
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        rank[members] = torch.arange(len(members))
+    order = torch.argsort(rank * m + torch.arange(m))  # by (rank within class, position in the list)
+    return torch.sort(order[: min(n, m)]).values
 
 
 @dataclass

@@ -288,8 +288,13 @@ def test_balanced_subset_balances_classes_and_fills_up_uneven_lists() -> None:
     assert balanced_subset(uneven, 6, 1000).tolist() == [0, 1, 2, 3, 4, 5]
     assert balanced_subset(uneven, 5, 1000).tolist() == [0, 1, 3, 4, 5]  # one per class: no fill-up needed
     assert balanced_subset(uneven, 100, 1000).tolist() == list(range(6))  # never more than the list holds
-    skewed = torch.tensor([0] * 8 + [1, 2])  # class 0 dominates: ceil(6/3) = 2 of class 0, then fill-up
+    skewed = torch.tensor([0] * 8 + [1, 2])  # classes 1 and 2 run short: class 0 takes their share
     assert balanced_subset(skewed, 6, 3).tolist() == [0, 1, 2, 3, 8, 9]
+    for n in (5, 25, 37):  # not a multiple of K, on a list sorted by class: counts differ by at most one
+        counts = torch.bincount(by_class[balanced_subset(by_class, n, 4)], minlength=4)
+        assert counts.sum() == n and counts.max() - counts.min() <= 1, (n, counts.tolist())
+    # deep fill-up goes round the classes too: class 0's third image only after class 1's second
+    assert balanced_subset(torch.tensor([0, 0, 0, 1, 1]), 4, 2).tolist() == [0, 1, 3, 4]
 
 
 def test_target_accuracy_is_checked_and_a_missing_pin_is_named_only_where_one_could_exist(caplog) -> None:
