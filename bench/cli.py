@@ -159,12 +159,26 @@ def _evaluate_and_store(args: argparse.Namespace):  # type: ignore[no-untyped-de
     if unknown:
         raise ValueError(f"{unknown} are not targets of {protocol.id} ({', '.join(protocol.targets)})")
     surrogate = load_surrogate(args.path, device=device)
+    subset = protocol if not args.targets else _with_targets(protocol, names)
+    store = LocalStore(args.out)
+    _refuse_a_duplicate(store, subset, surrogate, args)  # before hours of evaluation, not after them
     data = load_protocol_data(protocol, args.data_dir)
     tg = load_targets(names, weights_dir=args.weights_dir, device=device, input_size=protocol.input_size)
-    subset = protocol if not args.targets else _with_targets(protocol, names)
     record = evaluate(surrogate, subset, data, tg, device=device, batch_size=args.batch_size, limit=args.limit,
                       progress=not args.quiet, precision=args.precision, channels_last=args.channels_last)  # fmt: skip
-    return record, LocalStore(args.out).add(record, overwrite=args.overwrite)
+    return record, store.add(record, overwrite=args.overwrite)
+
+
+def _refuse_a_duplicate(store, protocol, surrogate, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """StoreError now if the store already holds this run's record (same file name) and --overwrite is not given."""
+    from leaderboard.record import record_file_stem
+
+    n = len(protocol.image_ids)
+    partial = min(args.limit, n) if args.limit is not None and args.limit < n else None
+    precision = args.precision if args.precision not in (None, protocol.precision) else None
+    stem = record_file_stem(surrogate.name, surrogate.sha256, partial_images=partial, other_precision=precision)
+    proto = {"name": protocol.name, "version": protocol.version, "sha256": protocol.sha256}
+    store.check_free(proto, stem, surrogate.sha256, overwrite=args.overwrite)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

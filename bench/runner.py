@@ -81,9 +81,8 @@ def load_protocol_data(protocol: Protocol, data_dir: str | None = None) -> Image
 def select_images(protocol: Protocol, data: ImageSet, limit: int | None) -> ImageSet:
     """The protocol's image list in protocol order; with ``limit``, its class-balanced prefix.
 
-    A partial run takes the class-balanced prefix of :func:`balanced_subset` (the first ceil(limit / K) images
-    of every class in list order, filled up in list order where classes run short), so that it stays
-    representative even when a mirror stores a split sorted by class.
+    A partial run takes the class-balanced subset of :func:`balanced_subset` (a round robin over the classes in
+    list order), so that it stays representative even when a mirror stores a split sorted by class.
     """
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be a positive number of images, got {limit}")

@@ -49,8 +49,7 @@ class Record:
     @property
     def submission_id(self) -> str:
         """Stable file name: the submission's name and its content hash."""
-        slug = _file_safe(str(self.submission["name"])).strip("-")
-        return f"{slug or 'surrogate'}-{self.submission['sha256'][:12]}"
+        return record_file_stem(str(self.submission["name"]), str(self.submission["sha256"]))
 
     @property
     def off_protocol_precision(self) -> bool:
@@ -76,12 +75,12 @@ class Record:
     def file_stem(self) -> str:
         """The record's file name without ``.json``: ``submission_id``, plus a suffix per deviation, so a
         partial or other-precision run is stored beside the canonical record of the same surrogate, not over it."""
-        stem = self.submission_id
-        if self.data.get("partial"):
-            stem += f".limit{self.data.get('n_images')}"
-        if self.off_protocol_precision:
-            stem += f".{self.provenance.get('precision')}"
-        return _file_safe(stem)
+        return record_file_stem(
+            str(self.submission["name"]),
+            str(self.submission["sha256"]),
+            partial_images=self.data.get("n_images") if self.data.get("partial") else None,
+            other_precision=str(self.provenance.get("precision")) if self.off_protocol_precision else None,
+        )
 
     def to_json(self) -> dict[str, Any]:
         d = self._body()
@@ -112,6 +111,21 @@ class Record:
             raise RecordError(f"{where}: integrity check failed (content sha256 {rec.content_sha256()[:12]}, "
                               f"recorded {str(stored)[:12]}); the record was modified or damaged.")  # fmt: skip
         return rec
+
+
+def record_file_stem(
+    name: str, sha256: str, *, partial_images: int | None = None, other_precision: str | None = None
+) -> str:
+    """The file name (without ``.json``) of a surrogate's record: ``<name>-<sha12>``, plus ``.limit<N>`` for a
+    partial run of N images and ``.<precision>`` for a run at another precision than the protocol's. Known before
+    the run, so a caller can refuse a duplicate before spending the evaluation on it."""
+    slug = _file_safe(name).strip("-")
+    stem = f"{slug or 'surrogate'}-{sha256[:12]}"
+    if partial_images is not None:
+        stem += f".limit{partial_images}"
+    if other_precision is not None:
+        stem += f".{other_precision}"
+    return _file_safe(stem)
 
 
 def _file_safe(text: str) -> str:

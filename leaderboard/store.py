@@ -73,14 +73,20 @@ class LocalStore:
     def path_for(self, record: Record) -> Path:
         return self.root / protocol_key(record.protocol) / f"{record.file_stem}.json"
 
-    def add(self, record: Record, *, overwrite: bool = False) -> Path:
-        """Store a record. The same surrogate under the same protocol is a duplicate unless ``overwrite``."""
-        path = self.path_for(record)
+    def check_free(self, protocol: dict, stem: str, sha256: str, *, overwrite: bool = False) -> Path:
+        """The path a record of ``stem`` under ``protocol`` (name, version, sha256) goes to; StoreError if a result
+        is already there and not ``overwrite``. Called before an evaluation and again when its record is added."""
+        path = self.root / protocol_key(protocol) / f"{stem}.json"
         if path.exists() and not overwrite:
             raise StoreError(
-                f"{path} already holds a result for this surrogate (sha256 {record.submission['sha256'][:12]}) "
-                "under this protocol; pass --overwrite to replace it."
+                f"{path} already holds a result for this surrogate (sha256 {sha256[:12]}) under this protocol; "
+                "pass --overwrite to replace it."
             )
+        return path
+
+    def add(self, record: Record, *, overwrite: bool = False) -> Path:
+        """Store a record. The same surrogate under the same protocol is a duplicate unless ``overwrite``."""
+        path = self.check_free(record.protocol, record.file_stem, record.submission["sha256"], overwrite=overwrite)
         atomic_write_text(path, record.dumps())
         log.info("wrote %s", path)
         return path

@@ -186,6 +186,38 @@ def test_evaluate_unknown_target_is_rejected_before_loading(capsys: pytest.Captu
     assert "nope" in err and "smoke-cnn-a" in err
 
 
+@pytest.mark.parametrize(
+    ("extra", "suffix"), [([], ""), (["--limit", "20"], ".limit20"), (["--limit", "20", "--precision", "bf16"],
+                                                                      ".limit20.bf16")],
+)  # fmt: skip
+def test_evaluate_refuses_an_existing_record_before_evaluating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], extra: list[str],
+    suffix: str,
+) -> None:  # fmt: skip
+    """A duplicate is named at once, not after the whole grid has run (the store checks again when it writes)."""
+    from conftest import tiny_digits_model
+
+    import bench.runner
+    from surrogates import load_surrogate, save_surrogate
+
+    folder = save_surrogate(tiny_digits_model(0), tmp_path / "sur", architecture="small_cnn", num_classes=10,
+                            mean=(0.5,), std=(0.5,), input_size=(1, 8, 8))  # fmt: skip
+    sha = load_surrogate(folder).sha256
+    existing = tmp_path / "lb" / "smoke-digits-v2" / f"sur-{sha[:12]}{suffix}.json"
+    existing.parent.mkdir(parents=True)
+    existing.write_text("{}")
+
+    def not_to_be_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the evaluation must not start")
+
+    monkeypatch.setattr(bench.runner, "evaluate", not_to_be_called)
+    monkeypatch.setattr(bench.runner, "load_protocol_data", not_to_be_called)
+    argv = ["evaluate", str(folder), "--protocol", "smoke-digits", "--out", str(tmp_path / "lb"), *extra]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(existing) in err and "--overwrite" in err
+
+
 def _copy_record(src: Record, name: str, score: float) -> Record:
     d = json.loads(src.dumps())
     d["submission"]["name"] = name

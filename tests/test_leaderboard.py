@@ -596,3 +596,15 @@ def test_equal_shown_scores_share_a_rank_and_ties_list_by_name() -> None:
     assert list(df["rank"]) == [1, 2, 2, 2, 5]  # competition ranking: 1, 2, 2, 2, 5
     assert TIE_NOTE in format_table(df)
     assert TIE_NOTE not in format_table(ranked_table([make_record("a", score=0.5), make_record("b", score=0.6)]))
+
+
+def test_record_file_stem_is_known_before_the_run() -> None:
+    """The CLI refuses a duplicate before evaluating; it must name the same file the record will have."""
+    from leaderboard.record import record_file_stem
+
+    full, part = make_record("a/b c", score=0.5), make_record("a/b c", score=0.5, partial=True)
+    part.provenance.update(precision="bf16", precision_matches_protocol=False)
+    sha = full.submission["sha256"]
+    assert full.file_stem == record_file_stem("a/b c", sha) == f"a-b-c-{sha[:12]}"
+    assert part.file_stem == record_file_stem("a/b c", sha, partial_images=N_IMAGES, other_precision="bf16")
+    assert part.file_stem.endswith(f".limit{N_IMAGES}.bf16")
