@@ -31,7 +31,14 @@ T = TypeVar("T")
 
 DEFAULT_HEADROOM = 0.8  # use at most this share of free memory: allocator fragmentation, cuDNN workspaces
 ROUND_TO = 8  # batch sizes rounded down to a multiple of 8 (tensor-core friendly) when at least that large
-_ALLOC_FAILED = ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA out of memory")
+# How allocation failures outside PyTorch's caching allocator read: cuDNN / cuBLAS workspaces, and a cudaMalloc
+# made by a kernel or library directly (raised as torch.AcceleratorError, a RuntimeError, "CUDA error: out of memory").
+_ALLOC_FAILED = (
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDA out of memory",
+    "CUDA error: out of memory",
+)
 
 
 class OutOfMemory(RuntimeError):

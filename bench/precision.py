@@ -103,19 +103,26 @@ def _new_tf32_api() -> bool:
 
 @contextlib.contextmanager
 def ieee_fp32() -> Iterator[None]:
-    """TF32 off for CUDA matmuls and cuDNN convolutions inside the block; the previous settings come back after.
+    """Full float32 math inside the block: TF32 off for CUDA matmuls and cuDNN convolutions, and oneDNN's CPU
+    matmuls and convolutions at IEEE float32 too (a process that called ``torch.set_float32_matmul_precision``
+    with "medium" would otherwise run them in bf16 on CPUs that have it). The previous settings come back after.
 
     Uses the ``fp32_precision`` settings where torch has them and the ``allow_tf32`` flags otherwise, never
-    both: torch refuses a mix of the two. Outside CUDA the settings have no effect.
+    both: torch refuses a mix of the two. (The old flags have no CPU counterpart.)
     """
     if _new_tf32_api():
-        matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-        saved = (matmul.fp32_precision, conv.fp32_precision)
-        matmul.fp32_precision = conv.fp32_precision = "ieee"
+        mkldnn = getattr(torch.backends, "mkldnn", None)
+        backends = [torch.backends.cuda.matmul, torch.backends.cudnn.conv]
+        backends += [b for b in (getattr(mkldnn, "matmul", None), getattr(mkldnn, "conv", None))
+                     if hasattr(b, "fp32_precision")]  # fmt: skip
+        saved = [b.fp32_precision for b in backends]
+        for b in backends:
+            b.fp32_precision = "ieee"
         try:
             yield
         finally:
-            matmul.fp32_precision, conv.fp32_precision = saved
+            for b, value in zip(backends, saved, strict=True):
+                b.fp32_precision = value
         return
     saved_flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -129,7 +136,8 @@ def math_settings() -> dict[str, Any]:
     """The float32 math settings in effect now, for a record's provenance.
 
     With the ``fp32_precision`` settings: their values ("ieee" = full float32, "tf32" = TF32 allowed, "none" =
-    inherit the parent's); otherwise the ``allow_tf32`` flags. Plus ``torch.get_float32_matmul_precision()``.
+    inherit the parent's); otherwise the ``allow_tf32`` flags. Plus ``torch.get_float32_matmul_precision()`` and
+    the determinism switches (deterministic algorithms, cuDNN deterministic / benchmark).
     """
     out: dict[str, Any] = {"float32_matmul_precision": torch.get_float32_matmul_precision()}
     if _new_tf32_api():
@@ -143,4 +151,9 @@ def math_settings() -> dict[str, Any]:
     else:
         out["cuda_matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
         out["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+    # Determinism: on CUDA some backward kernels (adaptive average pooling, bilinear interpolation) accumulate
+    # with atomics unless deterministic algorithms are on, so two GPU runs can differ in a few outcome bits.
+    out["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
+    out["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
+    out["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
     return out

@@ -119,6 +119,8 @@ def test_call_reruns_work_that_batches_itself_and_respects_its_size() -> None:
 def test_what_counts_as_out_of_memory() -> None:
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    accelerator_error = getattr(torch, "AcceleratorError", RuntimeError)  # a direct cudaMalloc failure
+    assert is_out_of_memory(accelerator_error("CUDA error: out of memory\nCUDA kernel errors might be reported ..."))
     assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert not is_out_of_memory(ValueError("out of memory"))
 

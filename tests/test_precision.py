@@ -123,6 +123,36 @@ def test_ieee_fp32_switches_tf32_off_and_restores_the_settings() -> None:
     assert math_settings() == before  # restored on errors too
 
 
+def test_math_settings_record_the_determinism_switches() -> None:
+    settings = math_settings()
+    assert settings["deterministic_algorithms"] is torch.are_deterministic_algorithms_enabled()
+    assert settings["cudnn_deterministic"] is bool(torch.backends.cudnn.deterministic)
+    assert settings["cudnn_benchmark"] is bool(torch.backends.cudnn.benchmark)
+
+
+def test_ieee_fp32_also_holds_onednn_cpu_math_at_float32() -> None:
+    """After torch.set_float32_matmul_precision("medium") oneDNN would run CPU matmuls in bf16 where it can."""
+    if not hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision"):
+        pytest.skip("this torch has no per-backend fp32_precision settings")
+    before, old = math_settings(), torch.get_float32_matmul_precision()
+    backends = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.matmul,
+                torch.backends.mkldnn.conv]  # fmt: skip
+    saved = [b.fp32_precision for b in backends]
+    torch.set_float32_matmul_precision("medium")
+    try:
+        lowered = math_settings()
+        assert lowered["mkldnn_matmul_fp32_precision"] == "bf16"
+        with ieee_fp32():
+            inside = math_settings()
+        assert inside["mkldnn_matmul_fp32_precision"] == inside["mkldnn_conv_fp32_precision"] == "ieee"
+        assert math_settings() == lowered  # restored
+    finally:  # the global switch rewrites the per-backend settings: put every one back for the other tests
+        torch.set_float32_matmul_precision(old)
+        for b, value in zip(backends, saved, strict=True):
+            b.fp32_precision = value
+    assert math_settings() == before
+
+
 # --- the runner at another precision than the protocol's -------------------------------------------------------
 
 
