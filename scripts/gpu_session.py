@@ -59,10 +59,14 @@ def step_commands(step: int, quick: bool) -> list[tuple[str, list[str]]]:
     limit = ["--limit", "40"] if quick else []
     tiny = ["--arch", "small_cnn", "--arch-kwargs", '{"in_chans": 3, "width": 8}'] if quick else []
     if step == 1:
-        size = "--epochs 1" if quick else "--epochs 30 --bf16 true --channels-last true"
+        size = (
+            "--epochs 1 --warmup-epochs 0"
+            if quick
+            else "--epochs 30 --warmup-epochs 2 --bf16 true --channels-last true"
+        )
         train = f"train st --out {SURROGATE} --data-dir {DATA} --device {dev} --batch-size 512 --lr 0.2"
         return [
-            ("train-st", _tb(*train.split(), "--warmup-epochs", "2", *size.split(), *tiny, "--overwrite")),
+            ("train-st", _tb(*train.split(), *size.split(), *tiny, "--overwrite")),
             ("evaluate-cifar10", _tb("evaluate", str(SURROGATE), "--protocol", "cifar10", *io, "--overwrite", *limit)),
             ("leaderboard", _tb("leaderboard", "--format", "md")),
         ]

@@ -147,6 +147,10 @@ def _checks(c: RecipeConfig) -> list[tuple[bool, str]]:
          f"plus that must lie within epochs={c.epochs} (milestones {tuple(c.lr_milestones)})"),
         (c.warmup_epochs > 0 and c.schedule != "cosine",
          f"warm-up is part of the cosine schedule only; set warmup_epochs=0 for the {c.schedule!r} schedule"),
+        (c.warmup_epochs > 0 and c.schedule == "cosine" and c.warmup_epochs >= c.epochs,
+         f"a warm-up of {c.warmup_epochs} epochs leaves no cosine decay in a {c.epochs}-epoch run (the lr would "
+         f"never reach its peak or decay); set warmup_epochs below epochs, e.g. {c.epochs // 20} (Table 11: 10 of "
+         "200)"),
         (c.lgv_epochs > 0 and c.es_epochs_after_decay > 0, "LGV and early stopping do not combine"),
         (c.sam_adaptive and c.sam_rho == 0, "sam_adaptive (ASAM) needs sam_rho > 0"),
     ]  # fmt: skip

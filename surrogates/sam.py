@@ -92,14 +92,21 @@ class SAM(Optimizer):
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
-        """Both steps; ``closure`` must zero the gradients, compute the loss, call backward and return it."""
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], torch.Tensor] | None = None, *, model: nn.Module | None = None
+    ) -> torch.Tensor:
+        """Both steps; ``closure`` must zero the gradients, compute the loss, call backward and return it.
+
+        Pass the ``model`` so that its BatchNorm running statistics are updated by the first pass only
+        (:func:`frozen_bn_stats` around the second); without it both passes update them, as in the reference
+        implementation (davda54/sam), whose README leaves that to the caller.
+        """
         if closure is None:
             raise ValueError("SAM.step needs a closure that recomputes the loss (or call first_step/second_step)")
         with torch.enable_grad():
             loss = closure()
         self.first_step(zero_grad=True)
-        with torch.enable_grad():
+        with torch.enable_grad(), frozen_bn_stats(model) if model is not None else contextlib.nullcontext():
             closure()
         self.second_step()
         return loss

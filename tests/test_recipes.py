@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -94,7 +95,9 @@ def test_defaults_are_seed_002_table_11() -> None:
 
 
 def test_overrides_from_strings_and_errors() -> None:
-    cfg = configure("sam", {"sam-rho": "0.2", "epochs": "5", "hflip": "false", "lr_milestones": "3,4"})
+    cfg = configure(
+        "sam", {"sam-rho": "0.2", "epochs": "5", "warmup-epochs": "1", "hflip": "false", "lr_milestones": "3,4"}
+    )
     assert (cfg.sam_rho, cfg.epochs, cfg.hflip, cfg.lr_milestones) == (0.2, 5, False, (3, 4))
     assert parse_overrides(["--sam-rho", "0.2", "--epochs=5"]) == {"sam_rho": "0.2", "epochs": "5"}
     with pytest.raises(ValueError, match="Did you mean sam_rho"):
@@ -107,6 +110,9 @@ def test_overrides_from_strings_and_errors() -> None:
         RecipeConfig(at_norm="l2")
     with pytest.raises(ValueError, match="step schedule"):
         configure("early-stopping", {"schedule": "cosine"})
+    with pytest.raises(ValueError, match=r"warm-up of 10 epochs leaves no cosine decay in a 5-epoch run"):
+        configure("st", {"epochs": 5})  # Table 11's 10 warm-up epochs kept by a shortened run
+    assert configure("st", {"epochs": 11}).warmup_epochs == 10 and configure("st", {"epochs": 5, "warmup_epochs": 0})
     with pytest.raises(ValueError, match=r"warm-up is part of the cosine schedule only; set warmup_epochs=0"):
         configure("sam", {"schedule": "step", "lr_milestones": "100"})  # sam's 10 warm-up epochs would be lost
     assert configure("sam", {"schedule": "step", "lr_milestones": "100", "warmup_epochs": 0}).schedule == "step"
@@ -367,6 +373,28 @@ def test_sam_closure_step_and_frozen_bn_stats() -> None:
         bn(torch.randn(5, 3))
     assert torch.equal(bn.running_mean, before[0]) and int(bn.num_batches_tracked) == before[1]
     assert bn.momentum == 0.1
+
+
+def test_sam_closure_step_with_the_model_updates_batchnorm_stats_once() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).train()
+    x, y = torch.randn(16, 4, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 3
+    reference = copy.deepcopy(net)
+    with torch.no_grad():
+        reference(x)  # one forward pass at w: the statistics SAM's step should leave
+    opt = SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure, model=net)
+    bn, ref = net[1], reference[1]
+    assert int(bn.num_batches_tracked) == 1
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
 
 
 # --- augmentations ---------------------------------------------------------------------------------------------

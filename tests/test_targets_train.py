@@ -49,6 +49,7 @@ TINY: dict[str, dict[str, Any]] = {
     "tb-vit-s4": {"arch_depth": 1, "arch_embed_dim": 16, "arch_num_heads": 2},
     "tb-resnet18-at8": {"arch_width": 4},
 }
+SHORT = {"tb-vit-s4": {"warmup_epochs": 1}}  # its 10 warm-up epochs (DeiT) would fill a 2-epoch run
 FILES = {"model.safetensors", "config.json", "README.md"}
 TOKEN = "hf_test_write_token"
 
@@ -63,7 +64,7 @@ def random_cifar(n: int = N, seed: int = 0) -> ImageSet:
 
 
 def quick(name: str, **extra: Any) -> dict[str, Any]:
-    return {**QUICK, **TINY[name], **extra}
+    return {**QUICK, **SHORT.get(name, {}), **TINY[name], **extra}
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +108,9 @@ def test_every_family_target_has_one_recipe() -> None:
 
 
 def test_overrides_from_strings_and_their_errors() -> None:
-    recipe, kwargs = configure_target("tb-vit-s4", {"epochs": "3", "--batch-size": "16", "arch_depth": "2",
-                                                    "optimizer": "sgd", "bf16": "true"})  # fmt: skip
+    overrides = {"epochs": "3", "--batch-size": "16", "arch_depth": "2", "optimizer": "sgd", "bf16": "true",
+                 "warmup_epochs": "1"}  # fmt: skip
+    recipe, kwargs = configure_target("tb-vit-s4", overrides)
     assert (recipe.config.epochs, recipe.config.batch_size, recipe.optimizer, recipe.precision) == (
         3,
         16,
