@@ -210,11 +210,12 @@ def _head(api: Any, cfg: HubConfig, error: type[HubError]) -> str:
 
 
 def _validated_bytes(record: Record) -> bytes:
-    """The record's file content, after checking it reads back (schema and integrity) exactly as it will on pull."""
+    """The record's file content, after checking it reads back exactly as it will on pull: schema, integrity,
+    numbers that follow from its outcome bits, protocol fields that agree with the registry."""
     where = f"record {record.submission.get('name')!r}"
     try:
         text = record.dumps()
-        Record.from_json(json.loads(text), where=where)
+        _check_trusted(Record.from_json(json.loads(text), where=where), where)
     except RecordError as e:
         raise PublishError(f"refusing to publish an invalid record: {e}") from e
     except (TypeError, ValueError) as e:
@@ -352,23 +353,55 @@ class PullReport:
         return "\n".join([text, *(f"  rejected {r.path}: {r.reason}" for r in self.rejected)])
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_trusted(record: Record, where: str) -> None:
+    """What a shared leaderboard checks beyond the schema: the numbers follow from the record's outcome bits
+    (``leaderboard.consistency``), and a registered protocol's ranking rule and kind are the registry's (a record
+    cannot relabel a smoke run as a benchmark one or rank by another cell)."""
+    from bench.protocol import PROTOCOLS
+    from leaderboard.consistency import check_consistent
+
+    proto = record.protocol
+    registered = PROTOCOLS.get(proto["name"]) if proto["name"] in PROTOCOLS else None
+    if registered is not None and (registered.version, registered.sha256) == (proto["version"], proto["sha256"]):
+        for k in ("kind", "status", "ranking_cell", "ranking_asr"):
+            if proto.get(k) != getattr(registered, k):
+                raise RecordError(f"{where}: protocol.{k} is {proto.get(k)!r}, but {registered.id} says "
+                                  f"{getattr(registered, k)!r}")  # fmt: skip
+    check_consistent(record, where=where)
+
+
 def verify_remote_record(path_in_repo: str, data: bytes) -> Record:
     """Check a downloaded file before it may enter the local store; a ``RecordError`` says why it may not.
 
-    It must be UTF-8 JSON, follow the schema, carry ``integrity.sha256`` matching its content, and sit at the
-    path its own content implies, so a record cannot be filed under another submission's (or protocol's) name.
+    It must be UTF-8 JSON without NaN/Infinity, follow the schema, carry ``integrity.sha256`` matching its content,
+    sit at the path its own content implies (so a record cannot be filed under another submission's or protocol's
+    name), agree with the registry on its protocol's ranking rule, and hold numbers that follow from its own
+    per-image outcome bits. Anything else malformed about it (a nesting too deep, a number too large) is refused
+    the same way: the file is untrusted input.
     """
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"{path_in_repo}: not a JSON record ({e})") from None
+        doc = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RecordError(f"{path_in_repo}: not a JSON record ({type(e).__name__}: {e})") from None
     integrity = doc.get("integrity") if isinstance(doc, dict) else None
     if not isinstance(integrity, dict) or not isinstance(integrity.get("sha256"), str):
         raise RecordError(f"{path_in_repo}: integrity.sha256 is missing, so the content cannot be verified")
-    record = Record.from_json(doc, where=path_in_repo)
-    expected = record_path(record)
-    if path_in_repo != expected:
-        raise RecordError(f"{path_in_repo}: its content is the record of {expected}; a record must sit at its own path")
+    try:
+        record = Record.from_json(doc, where=path_in_repo)
+        expected = record_path(record)
+        if path_in_repo != expected:
+            raise RecordError(
+                f"{path_in_repo}: its content is the record of {expected}; a record must sit at its own path"
+            )
+        _check_trusted(record, path_in_repo)
+    except RecordError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError, KeyError, AttributeError) as e:
+        raise RecordError(f"{path_in_repo}: a malformed record ({type(e).__name__}: {e})") from None
     return record
 
 

@@ -12,8 +12,11 @@ Layout (schema_version 1)::
     score        the ranking number: mean over targets of the ranking ASR in the ranking cell, mean (and
                  std over seeds) across runs
     provenance   package version and git sha, python/torch/CUDA versions, device, precision, seed, wall time
-    integrity    sha256 of the canonical JSON of everything above: a record edited by hand, or damaged
-                 in transit, no longer verifies
+    integrity    sha256 of the canonical JSON of everything above: a record damaged in transit, or edited
+                 by hand without recomputing it, no longer verifies. It is a checksum, not a signature:
+                 anyone can recompute it after an edit. What a shared leaderboard can check beyond it is
+                 that the numbers follow from the record's own per-image outcome bits
+                 (``leaderboard.consistency``); authorship is the Hub's (reviewed pull requests, commits).
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def record_file_stem(
     """The file name (without ``.json``) of a surrogate's record: ``<name>-<sha12>``, plus ``.limit<N>`` for a
     partial run of N images and ``.<precision>`` for a run at another precision than the protocol's. Known before
     the run, so a caller can refuse a duplicate before spending the evaluation on it."""
-    slug = _file_safe(name).strip("-")
+    slug = _file_safe(name).strip("-")[:MAX_NAME_CHARS].strip("-")
     stem = f"{slug or 'surrogate'}-{sha256[:12]}"
     if partial_images is not None:
         stem += f".limit{partial_images}"
@@ -128,9 +131,14 @@ def record_file_stem(
     return _file_safe(stem)
 
 
+MAX_NAME_CHARS = 100  # of the name part of a file stem: file systems allow 255 bytes per name
+
+
 def _file_safe(text: str) -> str:
-    """``text`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``-``."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+    """``text`` with every character but ASCII letters, digits, ``-``, ``_`` and ``.`` replaced by ``-``.
+
+    ASCII only: look-alike letters of other scripts (a fullwidth M) would give names that differ invisibly."""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "-" for c in text)
 
 
 def canonical_sha256(obj: Any) -> str:
@@ -144,7 +152,25 @@ def _require(cond: bool, where: str, msg: str) -> None:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite JSON number (not a bool; an integer too large for a float is not finite either)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def _is_fraction(v: Any) -> bool:
+    return _is_number(v) and 0 <= v <= 1
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _optional_number(d: dict[str, Any], key: str) -> bool:
+    return d.get(key) is None or _is_number(d.get(key))
 
 
 def validate(d: Any, *, where: str = "record") -> None:
@@ -159,15 +185,28 @@ def validate(d: Any, *, where: str = "record") -> None:
     sub, proto = d["submission"], d["protocol"]
     for k in ("name", "kind", "sha256"):
         _require(isinstance(sub.get(k), str), where, f"submission.{k} must be a string")
+    _require(_is_sha256(sub["sha256"]), where, "submission.sha256 must be 64 lowercase hex digits")
+    _require(isinstance(sub.get("metadata", {}), dict), where, "submission.metadata must be an object")
     for k in ("name", "sha256"):
         _require(isinstance(proto.get(k), str), where, f"protocol.{k} must be a string")
-    _require(isinstance(proto.get("version"), int), where, "protocol.version must be an integer")
-    _require(isinstance(d["data"].get("sha256"), str), where, "data.sha256 must be a string")
+    _require(_is_sha256(proto["sha256"]), where, "protocol.sha256 must be 64 lowercase hex digits")
+    version = proto.get("version")
+    _require(isinstance(version, int) and not isinstance(version, bool), where, "protocol.version must be an integer")
+    _require(_is_sha256(d["data"].get("sha256")), where, "data.sha256 must be 64 lowercase hex digits")
+    _require(all(isinstance(t, dict) for t in d["targets"].values()), where, "every targets entry must be an object")
     _require(isinstance(d["runs"], list) and d["runs"], where, "runs must be a non-empty list")
     for i, run in enumerate(d["runs"]):
         _require(isinstance(run, dict), where, f"runs[{i}] must be an object")
-        _require(_is_number(run.get("clean_accuracy")), where, f"runs[{i}].clean_accuracy must be a number")
+        _require(_is_fraction(run.get("clean_accuracy")), where, f"runs[{i}].clean_accuracy must be in [0, 1]")
         _require(isinstance(run.get("cells"), dict), where, f"runs[{i}].cells must be an object")
-    _require(_is_number(d["score"].get("mean")), where, "score.mean must be a number")
+        for k in ("smoothness", "similarity", "weight_sharpness"):
+            _require(isinstance(run.get(k, {}), dict), where, f"runs[{i}].{k} must be an object")
+    score = d["score"]
+    _require(_is_fraction(score.get("mean")), where, "score.mean must be a number in [0, 1]")
+    _require(_optional_number(score, "std"), where, "score.std must be a number or null")
+    per_run = score.get("per_run", [])
+    _require(isinstance(per_run, list) and all(_is_fraction(v) for v in per_run), where,
+             "score.per_run must list numbers in [0, 1]")  # fmt: skip
     for k in ("package_version", "torch", "device", "precision", "seed"):
         _require(k in d["provenance"], where, f"provenance.{k} is missing")
+    _require(isinstance(d["provenance"]["precision"], str), where, "provenance.precision must be a string")

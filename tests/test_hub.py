@@ -13,10 +13,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hub_server import FakeHub, running_hub
-from test_leaderboard import make_record
+from test_leaderboard import make_record as make_any_record
 
 from leaderboard import hub as hubmod
 from leaderboard.hub import (
@@ -36,6 +38,20 @@ from leaderboard.store import LocalStore
 
 REPO = "transferbench/leaderboard"
 TOKEN = "hf_test_write_token"
+
+
+def make_record(name: str = "sur-a", *, score: float = 0.5, **kwargs: Any) -> Record:
+    """A record the Hub accepts: its score recomputed from its own cells (``make_any_record`` sets any score,
+    which ``pull`` and ``publish`` refuse). ``score`` still tells two results of one surrogate apart: it goes
+    into the run's wall time."""
+    from leaderboard.consistency import run_scores
+
+    rec = make_any_record(name, **kwargs)
+    rec.provenance["wall_time_s"] = 1.0 + score
+    scores = run_scores(rec)
+    rec.score = {"mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+                 "per_run": scores}  # fmt: skip
+    return rec
 
 
 @pytest.fixture(autouse=True)
@@ -261,6 +277,56 @@ def test_pull_rejects_bad_files_and_never_writes_them(hub: FakeHub, cfg: HubConf
     assert _store_files(store) == [store.path_for(good)]  # nothing rejected was written
     assert "must sit at its own path" in reasons["records/" + record_path(good).rsplit("/", 1)[1]]
     assert "7 rejected" in report.summary() and "junk.json" in report.summary()
+
+
+def _resealed(rec: Record, edit: Any) -> bytes:
+    """``rec``'s file after ``edit(doc)``, with the integrity hash recomputed (anyone can: it is a checksum)."""
+    doc = json.loads(rec.dumps())
+    doc.pop("integrity")
+    edit(doc)
+    return Record.from_json(doc).dumps().encode()
+
+
+def test_pull_refuses_resealed_forgeries_and_malformed_files_one_by_one(
+    hub: FakeHub, cfg: HubConfig, tmp_path: Path
+) -> None:
+    good = make_record("good")
+    publish(good, cfg)
+    key, ranking = "records/smoke-digits-v2", good.protocol["ranking_cell"]
+    forged, relabelled, moved = make_record("forged"), make_record("relabelled"), make_record("moved")
+    nan_text = good.dumps().replace('"wall_time_s": 1.5', '"wall_time_s": NaN').replace("good-", "nan-")
+    huge = json.loads(make_record("huge").dumps())
+    huge["provenance"]["seed"] = 10**400  # fields the schema does not read must not break the pull either
+    bad = {
+        record_path(forged): _resealed(forged, lambda d: d["score"].update(mean=0.99)),
+        record_path(relabelled): _resealed(relabelled, lambda d: d["protocol"].update(kind="benchmark")),
+        record_path(moved): _resealed(moved, lambda d: d["protocol"].update(ranking_cell="dim/linf-16/targeted")),
+        f"{key}/nan-{good.submission['sha256'][:12]}.json": nan_text.encode(),
+        f"{key}/deep.json": ("[" * 100_000 + "]" * 100_000).encode(),
+        record_path(make_record("huge")): json.dumps(huge).encode(),
+    }
+    hub.commit(REPO, dict(bad), "forgeries")
+    store = LocalStore(tmp_path / "board")
+    report = pull(cfg, store)  # every bad file is refused on its own; the good one still lands
+    assert report.new == [store.path_for(good)] and _store_files(store) == [store.path_for(good)]
+    reasons = {r.path: r.reason for r in report.rejected}
+    assert set(reasons) == set(bad)
+    assert "score.mean is 0.99, its outcome bits give" in reasons[record_path(forged)]
+    assert "protocol.kind is 'benchmark', but smoke-digits-v2 says 'smoke'" in reasons[record_path(relabelled)]
+    assert (
+        f"protocol.ranking_cell is 'dim/linf-16/targeted', but smoke-digits-v2 says {ranking!r}"
+        in (reasons[record_path(moved)])
+    )
+    assert "NaN is not a JSON number" in reasons[f"{key}/nan-{good.submission['sha256'][:12]}.json"]
+    assert "not a JSON record" in reasons[f"{key}/deep.json"]
+
+
+def test_a_forged_record_is_not_published(hub: FakeHub, cfg: HubConfig) -> None:
+    forged = make_record("forged")
+    forged.score["mean"] = 0.99
+    with pytest.raises(PublishError, match=r"score\.mean is 0\.99, its outcome bits give"):
+        publish(forged, cfg)
+    assert hub.requests == []
 
 
 def test_pull_replaces_a_stale_local_copy(hub: FakeHub, cfg: HubConfig, tmp_path: Path) -> None:

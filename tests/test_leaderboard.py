@@ -244,6 +244,19 @@ def _broken(mutate: Any) -> dict[str, Any]:
         (lambda d: d["data"].pop("sha256"), "data.sha256"),
         (lambda d: d["provenance"].pop("precision"), "provenance.precision"),
         (lambda d: d["provenance"].pop("seed"), "provenance.seed"),
+        # what the tables, page and comparisons read must have the type they read it as
+        (lambda d: d["protocol"].update(version=True), "protocol.version"),
+        (lambda d: d["score"].update(mean=10**400), "score.mean"),  # too large for a float
+        (lambda d: d["score"].update(mean=1e300), "score.mean"),  # not a rate
+        (lambda d: d["score"].update(std="1"), "score.std"),
+        (lambda d: d["score"].update(per_run=["x"]), "score.per_run"),
+        (lambda d: d["runs"][0].update(clean_accuracy=-5), "runs[0].clean_accuracy"),
+        (lambda d: d["runs"][0].update(smoothness=3), "runs[0].smoothness"),
+        (lambda d: d["submission"].update(metadata=["recipe"]), "submission.metadata"),
+        (lambda d: d["submission"].update(sha256="Z" * 64), "submission.sha256"),
+        (lambda d: d["data"].update(sha256="abc"), "data.sha256"),
+        (lambda d: d["targets"].update({"t": "weights"}), "targets entry"),
+        (lambda d: d["provenance"].update(precision=None), "provenance.precision"),
     ],
 )
 def test_validation_errors_name_the_field(mutate: Any, field: str) -> None:
@@ -608,3 +621,15 @@ def test_record_file_stem_is_known_before_the_run() -> None:
     assert full.file_stem == record_file_stem("a/b c", sha) == f"a-b-c-{sha[:12]}"
     assert part.file_stem == record_file_stem("a/b c", sha, partial_images=N_IMAGES, other_precision="bf16")
     assert part.file_stem.endswith(f".limit{N_IMAGES}.bf16")
+
+
+def test_file_stems_are_ascii_and_bounded() -> None:
+    """Look-alike letters of other scripts and very long names cannot make files that differ invisibly or that the
+    file system refuses."""
+    from leaderboard.record import record_file_stem
+
+    sha = "ab" * 32
+    assert record_file_stem("\uff2dodel", sha) == f"odel-{sha[:12]}"  # fullwidth M is not the ASCII letter
+    assert record_file_stem("caf\u00e9 \u202eevil", sha) == f"caf---evil-{sha[:12]}"  # accents, bidi overrides
+    long = record_file_stem("x" * 1000, sha, partial_images=10, other_precision="bf16")
+    assert long == "x" * 100 + f"-{sha[:12]}.limit10.bf16" and len(long.encode()) < 255

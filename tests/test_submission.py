@@ -430,6 +430,14 @@ def test_invalid_config_field(single: Path, changes: dict[str, Any], field: str)
     assert field in msg.removeprefix(f"{single / CONFIG_NAME}: ")
 
 
+@pytest.mark.parametrize("arch", ["small_cnn", "timm:test_resnet"])
+@pytest.mark.parametrize("key", ["checkpoint_path", "pretrained", "pretrained_cfg_overlay", "cache_dir"])
+def test_arch_kwargs_cannot_make_the_loader_read_files(single: Path, arch: str, key: str) -> None:
+    """timm's create_model would torch.load a checkpoint_path: a config must not point it at any file."""
+    msg = _load_error(_edit_config(single, architecture=arch, arch_kwargs={key: str(single / "README.md")}))
+    assert key in msg and "not allowed" in msg and "model.safetensors" in msg
+
+
 def test_unknown_architecture_lists_registered_names(single: Path) -> None:
     msg = _load_error(_edit_config(single, architecture="cifar_resnet2O"))
     assert "'cifar_resnet2O'" in msg and "cifar_resnet20" in msg and "timm:" in msg

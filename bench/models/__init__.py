@@ -30,10 +30,23 @@ def known_architecture(name: str) -> bool:
     return name in ARCHS
 
 
+# Builder keywords that read files or fetch weights (timm's create_model honours checkpoint_path, pretrained*):
+# a submission's config.json must not be able to point the loader at a file, which could be a pickle from the
+# same Hub download. Weights come from model.safetensors only.
+LOADING_KWARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict",
+                            "checkpoint_path", "cache_dir", "weights", "state_dict", "device", "dtype"})  # fmt: skip
+
+
 def build_architecture(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """The bare network (expects normalized input), randomly initialised."""
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    loading = sorted(set(kwargs) & LOADING_KWARGS)
+    if loading:
+        raise ValueError(
+            f"architecture keywords {loading} would make the builder load files, fetch weights or place the model; "
+            "they are not allowed (the weights come from model.safetensors only): remove them from arch_kwargs"
+        )
     if name.startswith(TIMM_PREFIX):
         import timm
 
