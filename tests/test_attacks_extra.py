@@ -495,3 +495,13 @@ def test_extended_protocol_methods_fool_a_pretrained_cifar_resnet(shared_weights
     for name in ("gnp", "tpa"):
         x_adv = run_attack(name, model, x, y, 8 / 255, steps=10, targeted=False, ids=ids, seed=0, params=ext[name])
         assert _white_box(model, x_adv, y) >= mi - 10, name
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS if n not in EXTERNAL_ATTACKS])
+def test_every_loop_attack_returns_an_empty_batch_unchanged(cifar, name: str) -> None:
+    model, x, y = cifar
+    empty, labels = x[:0], y[:0]
+    for targeted in (False, True):
+        out = run_attack(name, model, empty, labels, EPS, steps=2, targeted=targeted, ids=torch.arange(0), seed=0,
+                         params=CHEAP.get(name))  # fmt: skip
+        assert out.shape == empty.shape and out.dtype == empty.dtype

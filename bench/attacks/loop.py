@@ -119,6 +119,8 @@ def iterative_attack(
         ids = torch.arange(x.shape[0])
     x = x.detach()
     x_adv = x.clone()
+    if x.shape[0] == 0:  # nothing to attack (the parts index x[0] and reduce over the batch)
+        return (x_adv, 0) if return_cost else x_adv
     if random_start:
         noise = rng.uniform(seed, "random_start", ids, 0, x[0].numel()).to(x.device).view_as(x)
         x_adv = budget.project(x + (2 * noise - 1) * budget.eps, x)
