@@ -398,6 +398,9 @@ def verify_remote_record(path_in_repo: str, data: bytes) -> Record:
                 f"{path_in_repo}: its content is the record of {expected}; a record must sit at its own path"
             )
         _check_trusted(record, path_in_repo)
+        if record.deviations:  # publish refuses them; a file uploaded by other means is refused here
+            raise RecordError(f"{path_in_repo}: {'; '.join(record.deviations)}; the Hub leaderboard holds only runs "
+                              "of the whole protocol at its precision")  # fmt: skip
     except RecordError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError, KeyError, AttributeError) as e:

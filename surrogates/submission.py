@@ -269,7 +269,7 @@ def resolve(location: str | os.PathLike) -> tuple[Path, str, str]:
 def _hub_snapshot(loc: str, repo: str, revision: str | None) -> Path:
     """``snapshot_download`` of the safe files; offline (TRANSFERBENCH_OFFLINE / HF_HUB_OFFLINE) only the cache."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     from bench.hubclient import network_errors, offline_var
 
@@ -293,6 +293,8 @@ def _hub_snapshot(loc: str, repo: str, revision: str | None) -> Path:
             f"{loc} could not be downloaded from {endpoint or 'the Hub'} and is not cached ({e.__cause__ or e}). "
             "Check the connection, HF_ENDPOINT and HF_TOKEN, or copy the submission folder here and pass its path."
         ) from None
+    except HFValidationError as e:
+        raise SubmissionError(f"{loc} is not a valid Hub location ({e}); write hf://owner/repo[@revision].") from None
     except (OSError, *network_errors()) as e:  # missing repo or revision, auth, server errors (HfHubHTTPError)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SubmissionError(

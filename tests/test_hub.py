@@ -281,10 +281,13 @@ def test_pull_rejects_bad_files_and_never_writes_them(hub: FakeHub, cfg: HubConf
 
 def _resealed(rec: Record, edit: Any) -> bytes:
     """``rec``'s file after ``edit(doc)``, with the integrity hash recomputed (anyone can: it is a checksum)."""
+    from leaderboard.record import canonical_sha256
+
     doc = json.loads(rec.dumps())
     doc.pop("integrity")
     edit(doc)
-    return Record.from_json(doc).dumps().encode()
+    doc["integrity"] = {"sha256": canonical_sha256(doc)}  # as Record computes it, without validating the edit
+    return json.dumps(doc, indent=1).encode()
 
 
 def test_pull_refuses_resealed_forgeries_and_malformed_files_one_by_one(
@@ -295,15 +298,16 @@ def test_pull_refuses_resealed_forgeries_and_malformed_files_one_by_one(
     key, ranking = "records/smoke-digits-v2", good.protocol["ranking_cell"]
     forged, relabelled, moved = make_record("forged"), make_record("relabelled"), make_record("moved")
     nan_text = good.dumps().replace('"wall_time_s": 1.5', '"wall_time_s": NaN').replace("good-", "nan-")
-    huge = json.loads(make_record("huge").dumps())
-    huge["provenance"]["seed"] = 10**400  # fields the schema does not read must not break the pull either
+    partial = make_record("partial", partial=True)  # publish refuses --limit runs; neither may pull take one
+    huge = make_record("huge")
     bad = {
         record_path(forged): _resealed(forged, lambda d: d["score"].update(mean=0.99)),
         record_path(relabelled): _resealed(relabelled, lambda d: d["protocol"].update(kind="benchmark")),
         record_path(moved): _resealed(moved, lambda d: d["protocol"].update(ranking_cell="dim/linf-16/targeted")),
         f"{key}/nan-{good.submission['sha256'][:12]}.json": nan_text.encode(),
         f"{key}/deep.json": ("[" * 100_000 + "]" * 100_000).encode(),
-        record_path(make_record("huge")): json.dumps(huge).encode(),
+        record_path(huge): _resealed(huge, lambda d: d["score"].update(std=10**400)),  # too large for a float
+        record_path(partial): _bytes(partial),
     }
     hub.commit(REPO, dict(bad), "forgeries")
     store = LocalStore(tmp_path / "board")
@@ -319,6 +323,8 @@ def test_pull_refuses_resealed_forgeries_and_malformed_files_one_by_one(
     )
     assert "NaN is not a JSON number" in reasons[f"{key}/nan-{good.submission['sha256'][:12]}.json"]
     assert "not a JSON record" in reasons[f"{key}/deep.json"]
+    assert "score.std must be a number" in reasons[record_path(huge)]
+    assert "--limit run" in reasons[record_path(partial)] and "whole protocol" in reasons[record_path(partial)]
 
 
 def test_a_forged_record_is_not_published(hub: FakeHub, cfg: HubConfig) -> None:

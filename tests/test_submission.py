@@ -573,6 +573,11 @@ def test_hf_location_offline_reads_only_the_cache(tmp_path: Path, monkeypatch: p
     assert calls[0]["local_files_only"] is True and calls[0]["revision"] == "v2"
 
 
+def test_hf_location_that_is_no_repo_id_is_a_submission_error() -> None:
+    with pytest.raises(SubmissionError, match=r"hf://bad repo!!/x is not a valid Hub location .*hf://owner/repo"):
+        load_surrogate("hf://bad repo!!/x")
+
+
 def test_hf_location_download_failure_names_the_location_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
