@@ -236,12 +236,12 @@ def publish(record: Record, cfg: HubConfig, *, overwrite: bool = False) -> str:
     from huggingface_hub.utils import HfHubHTTPError
 
     cfg = require_config(cfg)
-    data = _validated_bytes(record)
     if record.deviations:
         raise PublishError(
             f"refusing to publish {record.file_stem}: {'; '.join(record.deviations)}. The Hub leaderboard holds only "
             "runs of the whole protocol at its precision; evaluate again without --limit and --precision."
         )
+    data = _validated_bytes(record)
     try:
         path = record_path(record)
     except RecordError as e:

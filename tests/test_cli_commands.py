@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hub_server import running_hub
 from test_hub import REPO, TOKEN
-from test_leaderboard import make_record
+from test_leaderboard import make_hub_record, make_record
 
 from bench.cli import main
 from leaderboard.store import LocalStore
@@ -51,7 +51,7 @@ def test_publish_and_pull_through_the_cli(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    (path,) = _stored(tmp_path, make_record("sur-a"))
+    (path,) = _stored(tmp_path, make_hub_record("sur-a"))
     with running_hub() as hub:
         hub_args = ["--repo", REPO, "--endpoint", hub.endpoint]
         assert main(["publish", str(path), *hub_args]) == 0
@@ -124,9 +124,11 @@ def test_deviating_runs_stay_local(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    bf16 = make_record("sur-a")
+    bf16 = make_hub_record("sur-a")
     bf16.provenance.update(precision="bf16", protocol_precision="fp32", precision_matches_protocol=False)
-    canonical, other, partial = _stored(tmp_path, make_record("sur-a"), bf16, make_record("sur-b", partial=True))
+    canonical, other, partial = _stored(
+        tmp_path, make_hub_record("sur-a"), bf16, make_hub_record("sur-b", partial=True)
+    )
     with running_hub() as hub:
         hub_args = ["--repo", REPO, "--endpoint", hub.endpoint]
         assert main(["publish", str(other), *hub_args]) == 1  # named explicitly: refused with the reason

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from hub_server import FakeHub, running_hub
-from test_leaderboard import make_record as make_any_record
+from test_leaderboard import make_hub_record as make_record
 
 from leaderboard import hub as hubmod
 from leaderboard.hub import (
@@ -38,20 +37,6 @@ from leaderboard.store import LocalStore
 
 REPO = "transferbench/leaderboard"
 TOKEN = "hf_test_write_token"
-
-
-def make_record(name: str = "sur-a", *, score: float = 0.5, **kwargs: Any) -> Record:
-    """A record the Hub accepts: its score recomputed from its own cells (``make_any_record`` sets any score,
-    which ``pull`` and ``publish`` refuse). ``score`` still tells two results of one surrogate apart: it goes
-    into the run's wall time."""
-    from leaderboard.consistency import run_scores
-
-    rec = make_any_record(name, **kwargs)
-    rec.provenance["wall_time_s"] = 1.0 + score
-    scores = run_scores(rec)
-    rec.score = {"mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
-                 "per_run": scores}  # fmt: skip
-    return rec
 
 
 @pytest.fixture(autouse=True)

@@ -140,6 +140,20 @@ def make_record(
     )
 
 
+def make_hub_record(name: str = "sur-a", *, score: float = 0.5, **kwargs: Any) -> Record:
+    """A record the Hub leaderboard accepts: :func:`make_record`'s, with its score recomputed from its own cells
+    (``make_record`` sets any score, which ``publish`` and ``pull`` refuse). ``score`` still tells two results
+    of one surrogate apart: it goes into the run's wall time."""
+    from leaderboard.consistency import run_scores
+
+    rec = make_record(name, **kwargs)
+    rec.provenance["wall_time_s"] = 1.0 + score
+    scores = run_scores(rec)
+    rec.score = {"mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+                 "per_run": scores}  # fmt: skip
+    return rec
+
+
 def _walk_numbers(obj: Any, path: str = "") -> list[tuple[str, Any]]:
     """(path, value) of every leaf."""
     if isinstance(obj, dict):
