@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from bench.jsonvalues import is_finite_number
 
 SCHEMA = "transferbench.record"
 SCHEMA_VERSION = 1
@@ -116,6 +117,9 @@ class Record:
         return rec
 
 
+MAX_NAME_CHARS = 100  # of the name part of a file stem: file systems allow 255 bytes per name
+
+
 def record_file_stem(
     name: str, sha256: str, *, partial_images: int | None = None, other_precision: str | None = None
 ) -> str:
@@ -129,9 +133,6 @@ def record_file_stem(
     if other_precision is not None:
         stem += f".{other_precision}"
     return _file_safe(stem)
-
-
-MAX_NAME_CHARS = 100  # of the name part of a file stem: file systems allow 255 bytes per name
 
 
 def _file_safe(text: str) -> str:
@@ -151,18 +152,8 @@ def _require(cond: bool, where: str, msg: str) -> None:
         raise RecordError(f"{where}: {msg}")
 
 
-def _is_number(v: Any) -> bool:
-    """A finite JSON number (not a bool; an integer too large for a float is not finite either)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
-
-
 def _is_fraction(v: Any) -> bool:
-    return _is_number(v) and 0 <= v <= 1
+    return is_finite_number(v) and 0 <= v <= 1
 
 
 def _is_sha256(v: Any) -> bool:
@@ -170,7 +161,7 @@ def _is_sha256(v: Any) -> bool:
 
 
 def _optional_number(d: dict[str, Any], key: str) -> bool:
-    return d.get(key) is None or _is_number(d.get(key))
+    return d.get(key) is None or is_finite_number(d.get(key))
 
 
 def validate(d: Any, *, where: str = "record") -> None:

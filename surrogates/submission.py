@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import secrets
 import shutil
@@ -31,6 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bench.hashing import sha256_text
+from bench.jsonvalues import is_finite_number, is_positive_int
 from bench.models import NormalizedModel, build_model, known_architecture
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,12 @@ def _single_config(path: Path, raw: dict[str, Any]) -> SurrogateConfig:
         raise SubmissionError(f"{path}: num_classes must be an integer >= 2, got {n!r}.")
     size = raw.get("input_size", [3, 32, 32])
     mean, std = raw.get("mean"), raw.get("std")
-    if not (isinstance(size, list) and len(size) == 3 and all(_positive_int(s) for s in size)):
+    if not (isinstance(size, list) and len(size) == 3 and all(is_positive_int(s) for s in size)):
         raise SubmissionError(
             f"{path}: input_size must be [C, H, W], three positive integers (e.g. [3, 32, 32]), got {size!r}."
         )
     for name, v in (("mean", mean), ("std", std)):
-        if not (isinstance(v, list) and all(_finite_number(s) for s in v) and len(v) == size[0]):
+        if not (isinstance(v, list) and all(is_finite_number(s) for s in v) and len(v) == size[0]):
             raise SubmissionError(
                 f"{path}: {name} must list {size[0]} finite numbers (one per channel, e.g. 0.5; not NaN, Infinity "
                 f"or true/false), got {v!r}."
@@ -133,16 +133,6 @@ def _single_config(path: Path, raw: dict[str, Any]) -> SurrogateConfig:
         arch_kwargs=_object(path, raw, "arch_kwargs"),
         metadata=_object(path, raw, "metadata"),
     )
-
-
-def _positive_int(v: object) -> bool:
-    """A JSON integer > 0 (``true`` is not 1 here: Python's bool is an int, JSON's is not)."""
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _finite_number(v: object) -> bool:
-    """A JSON number that is not NaN or +-Infinity (which Python's json module accepts) and not a bool."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _object(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
