@@ -20,6 +20,7 @@ import torch
 from bench import rng
 from bench.data.imagenet import IMAGENET_COMPATIBLE_PREPARATION
 from bench.data.imagenette import IMAGENETTE_PREPARATION, IMAGENETTE_TO_IMAGENET
+from bench.metrics.smoothness import STOP_RULES
 from bench.registry import Registry
 
 Mode = Literal["untargeted", "targeted"]
@@ -150,9 +151,8 @@ class Protocol:
             raise ValueError(f"ranking cell {self.ranking_cell!r} is not in the grid of {self.name}")
         if self.ranking_asr not in ASR_DEFINITIONS:
             raise ValueError(f"ranking_asr must be one of {ASR_DEFINITIONS}")
-        if self.smoothness_stop not in (None, "residual", LEGACY_SMOOTHNESS_STOP):
-            raise ValueError(f"{self.name}: smoothness_stop must be 'residual' or {LEGACY_SMOOTHNESS_STOP!r}, "
-                             f"got {self.smoothness_stop!r}")  # fmt: skip
+        if self.smoothness_stop not in (None, *STOP_RULES):
+            raise ValueError(f"{self.name}: smoothness_stop must be one of {STOP_RULES}, got {self.smoothness_stop!r}")
         if self.label_space is not None and len(self.label_space.indices) != self.num_classes:
             raise ValueError(f"{self.name}: its label space lists {len(self.label_space.indices)} classes, not "
                              f"num_classes={self.num_classes}")  # fmt: skip

@@ -39,7 +39,7 @@ from leaderboard.table import (
     GroupKey,
     group_labels,
     group_order,
-    ranked_precision,
+    leaderboard_order,
     ranked_table,
     ranking_groups,
     target_weights,
@@ -265,16 +265,9 @@ def _row(row: pd.Series, r: Record) -> str:
 
 
 def _table(df: pd.DataFrame, recs: list[Record], head: str) -> str:
-    """One ranked table; ``df`` is :func:`ranked_table` of ``recs`` (one ranking group)."""
-    pool: dict[tuple[Any, ...], list[Record]] = {}
-    for r in recs:
-        k = (r.submission["name"], r.submission["sha256"][:12], r.data["sha256"][:10], bool(r.data.get("partial")),
-             ranked_precision(r))  # fmt: skip
-        pool.setdefault(k, []).append(r)
-    rows = []
-    for _, row in df.iterrows():
-        r = pool[(row["surrogate"], row["sha256"], row["data"], bool(row["partial"]), row["precision"])].pop(0)
-        rows.append(_row(row, r))
+    """One ranked table; ``df`` is :func:`ranked_table` of ``recs`` (one ranking group), whose rows are the
+    records in :func:`leaderboard.table.leaderboard_order`."""
+    rows = [_row(row, r) for (_, row), r in zip(df.iterrows(), leaderboard_order(recs), strict=True)]
     return f'<table class="tb"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
