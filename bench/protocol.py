@@ -20,7 +20,7 @@ import torch
 from bench import rng
 from bench.data.imagenet import IMAGENET_COMPATIBLE_PREPARATION
 from bench.data.imagenette import IMAGENETTE_PREPARATION, IMAGENETTE_TO_IMAGENET
-from bench.metrics.smoothness import STOP_RULES
+from bench.metrics.smoothness import SMOOTHNESS_VALUES, STOP_RULES
 from bench.registry import Registry
 
 Mode = Literal["untargeted", "targeted"]
@@ -106,8 +106,9 @@ class WeightSharpnessSpec:
             raise ValueError(f"weight sharpness needs images, max_iters, probes >= 1 and tol > 0, got {self}")
 
 
-OPTIONAL_FIELDS = ("image_preparation", "label_space", "weight_sharpness", "smoothness_stop")
+OPTIONAL_FIELDS = ("image_preparation", "label_space", "weight_sharpness", "smoothness_stop", "smoothness_value")
 LEGACY_SMOOTHNESS_STOP = "rayleigh-change"  # the rule of every protocol defined before smoothness_stop existed
+LEGACY_SMOOTHNESS_VALUE = "signed"  # what every protocol defined before smoothness_value existed reports
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,9 @@ class Protocol:
     # Convergence rule of the smoothness power iteration (bench.metrics.smoothness.STOP_RULES); None is the rule
     # the protocols before this field used, "rayleigh-change". New versions should state "residual".
     smoothness_stop: str | None = None
+    # What the smoothness numbers are (bench.metrics.smoothness.SMOOTHNESS_VALUES); None is what the protocols
+    # before this field reported, the signed eigenvalue. New versions should state "magnitude" (docs/protocols.md).
+    smoothness_value: str | None = None
 
     def __post_init__(self) -> None:
         keys = {c.key for c in self.cells()}
@@ -153,6 +157,10 @@ class Protocol:
             raise ValueError(f"ranking_asr must be one of {ASR_DEFINITIONS}")
         if self.smoothness_stop not in (None, *STOP_RULES):
             raise ValueError(f"{self.name}: smoothness_stop must be one of {STOP_RULES}, got {self.smoothness_stop!r}")
+        if self.smoothness_value not in (None, *SMOOTHNESS_VALUES):
+            raise ValueError(
+                f"{self.name}: smoothness_value must be one of {SMOOTHNESS_VALUES}, got {self.smoothness_value!r}"
+            )
         if self.label_space is not None and len(self.label_space.indices) != self.num_classes:
             raise ValueError(f"{self.name}: its label space lists {len(self.label_space.indices)} classes, not "
                              f"num_classes={self.num_classes}")  # fmt: skip
@@ -165,6 +173,11 @@ class Protocol:
     def smoothness_stop_rule(self) -> str:
         """The smoothness convergence rule this protocol uses (``smoothness_stop``, or the legacy rule)."""
         return self.smoothness_stop or LEGACY_SMOOTHNESS_STOP
+
+    @property
+    def smoothness_value_rule(self) -> str:
+        """What this protocol's smoothness numbers are (``smoothness_value``, or the legacy signed eigenvalue)."""
+        return self.smoothness_value or LEGACY_SMOOTHNESS_VALUE
 
     def cells(self) -> list[Cell]:
         return [Cell(a.attack, e, m) for a in self.attacks for e in self.eps_255 for m in self.modes]

@@ -337,7 +337,7 @@ def _surrogate_metrics(
                               tol=protocol.smoothness_tol, device=device, ids=b.ids[sub],
                               stop=protocol.smoothness_stop_rule),
         len(sub),
-    )  # fmt: skip
+    ).reported(protocol.smoothness_value_rule)  # fmt: skip
     bad = ~torch.isfinite(sm.eigenvalues)
     if bad.any():
         raise EvaluationError(

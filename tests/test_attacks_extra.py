@@ -276,6 +276,21 @@ def test_tpa_averages_look_ahead_gradients_over_its_neighbours(smooth) -> None:
     assert (estimate - (0.2 * grad_at(x) + 0.8 * ahead)).abs().max().item() < 1e-15
 
 
+def test_tpa_at_alpha_one_is_the_neighbour_average_without_the_centre_gradient(smooth) -> None:
+    model, x, y = smooth
+    ctx, grad_at = _ctx(x, step=1, steps=4), _grad_fn(model, y, x)
+    estimator = TPA(alpha=1.0, b=0.05, k=0.01, n=3)
+    counted = _grad_fn(model, y, x)
+    estimate = estimator(counted, x, ctx)
+    near = [neighbour(x, 0.05, ctx, j) for j in range(3)]
+    ahead = sum(grad_at(p - 0.01 * grad_at(p).sign()) for p in near) / 3
+    assert (estimate - ahead).abs().max().item() < 1e-15
+    assert counted.calls == estimator.evals(1, 4) == 6  # 2 per neighbour, none at the centre
+    _, cost = iterative_attack(model, x, y, LinfBudget(EPS), steps=2, step_size=EPS / 2, return_cost=True,
+                               grad_estimator=estimator, grad_transform=Momentum())  # fmt: skip
+    assert cost == 12  # the loop checks every step's evaluations against evals()
+
+
 def test_pgn_direction_converges_to_the_penalized_gradient(smooth) -> None:
     """PGN at one neighbour (zeta = 0): (1 - delta) g + delta g(x - alpha g/mean|g|) -> grad of J - delta h ||g||,
     h = alpha ||g||_2 / mean|g| the length of the predicted-point step, as alpha -> 0 (delta ~ 1/h keeps it O(1))."""

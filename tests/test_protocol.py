@@ -142,3 +142,15 @@ def test_smoothness_stop_rule_is_pinned_and_hash_neutral_while_absent() -> None:
     assert dataclasses.replace(proto, smoothness_stop=None).sha256 == proto.sha256
     with pytest.raises(ValueError, match="smoothness_stop must be"):
         dataclasses.replace(proto, smoothness_stop="sometimes")
+
+
+def test_smoothness_value_is_pinned_and_hash_neutral_while_absent() -> None:
+    for name in PROTOCOLS:
+        assert get_protocol(name).smoothness_value_rule == "signed"
+    proto = get_protocol("cifar10")
+    magnitude = dataclasses.replace(proto, smoothness_value="magnitude")
+    assert magnitude.smoothness_value_rule == "magnitude" and magnitude.sha256 != proto.sha256
+    assert magnitude.to_json()["smoothness_value"] == "magnitude"
+    assert dataclasses.replace(proto, smoothness_value=None).sha256 == proto.sha256
+    with pytest.raises(ValueError, match="smoothness_value must be one of"):
+        dataclasses.replace(proto, smoothness_value="absolute")

@@ -330,3 +330,26 @@ def test_the_runner_uses_the_protocols_smoothness_stop_rule(world, monkeypatch: 
     evaluate(load_surrogate(world["folders"]["sur-a"]), proto, world["data"], world["targets"], limit=10,
              progress=False)  # fmt: skip
     assert seen and set(seen) == {stop or "rayleigh-change"}
+
+
+@pytest.mark.parametrize("value", [None, "magnitude"])
+def test_the_runner_reports_the_protocols_smoothness_value(world, monkeypatch: pytest.MonkeyPatch, value) -> None:
+    """A negative dominant eigenvalue (possible with smooth activations) enters the mean signed, or as |lambda|."""
+    import bench.runner as runner
+    from bench.metrics.smoothness import SmoothnessResult
+
+    def negative(model, images, labels, **kwargs):  # type: ignore[no-untyped-def]
+        n = len(labels)
+        values = torch.where(torch.arange(n) % 2 == 0, -4.0, 2.0)
+        return SmoothnessResult(values, torch.ones(n, dtype=torch.bool), 3)
+
+    monkeypatch.setattr(runner, "smoothness", negative)
+    proto = dataclasses.replace(PROTO, smoothness_value=value)
+    record = evaluate(load_surrogate(world["folders"]["sur-a"]), proto, world["data"], world["targets"], limit=10,
+                      progress=False)  # fmt: skip
+    sm = record.runs[0]["smoothness"]
+    if value is None:
+        assert sm["max"] == 2.0 and sm["mean"] < 0
+    else:
+        assert sm["max"] == 4.0 and sm["mean"] > 2.0
+    assert record.protocol["sha256"] == proto.sha256  # the hash names the rule: the field is in the canonical JSON

@@ -255,3 +255,13 @@ def test_result_properties_and_empty_set() -> None:
     assert result.mean == pytest.approx(0.0) and result.max == 2.0 and result.n_converged == 2
     empty = smoothness(_relu_net(), torch.empty(0, 2, 3, 3), torch.empty(0, dtype=torch.long))
     assert empty.eigenvalues.shape == (0,) and empty.iterations == 0 and math.isnan(empty.mean)
+
+
+def test_the_magnitude_value_is_the_spectral_norm() -> None:
+    result = SmoothnessResult(torch.tensor([1.0, -3.0, 2.0]), torch.tensor([True, False, True]), 4)
+    magnitude = result.reported("magnitude")
+    assert magnitude.eigenvalues.tolist() == [1.0, 3.0, 2.0] and magnitude.max == 3.0
+    assert magnitude.mean == pytest.approx(2.0) and magnitude.n_converged == 2 and magnitude.iterations == 4
+    assert result.reported("signed").eigenvalues.tolist() == [1.0, -3.0, 2.0]
+    with pytest.raises(ValueError, match="smoothness value must be one of"):
+        result.reported("absolute")

@@ -224,14 +224,20 @@ class TPA:
             raise ValueError(f"TPA k (finite-difference step) must be > 0; got {self.k!r}")
 
     def __call__(self, grad_fn: GradFn, x_adv: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        grad = grad_fn(x_adv)  # (B, C, H, W)
+        # The centre gradient comes first (a gradient's draws, e.g. input diversity, are keyed by its call
+        # index); with alpha = 1 its weight is 0 and it is not evaluated.
+        grad = grad_fn(x_adv) if self.alpha < 1 else None  # (B, C, H, W)
         if self.alpha == 0:
             return grad
-        ahead = torch.zeros_like(grad)  # sum_i g(x_i - k sign g_i)
+        ahead = torch.zeros_like(x_adv)  # sum_i g(x_i - k sign g_i)
         for j in range(self.n):
             near = neighbour(x_adv, self.b, ctx, j)
             ahead += grad_fn(near - self.k * grad_fn(near).sign())
+        if grad is None:
+            return ahead / self.n
         return (1 - self.alpha) * grad + (self.alpha / self.n) * ahead
 
     def evals(self, step: int, steps: int) -> int:
-        return 1 if self.alpha == 0 else 1 + 2 * self.n
+        if self.alpha == 0:
+            return 1
+        return 2 * self.n + (0 if self.alpha == 1 else 1)

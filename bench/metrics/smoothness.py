@@ -8,7 +8,9 @@ The Hessian is never formed: it has (C*H*W)**2 entries per image. Instead a batc
 images of a batch at once, using Hessian-vector products from double backward. Power iteration converges to the
 eigenvalue of largest MAGNITUDE; that is what "dominant eigenvalue" means here. For piecewise-linear networks
 (ReLU) the input Hessian is positive semi-definite (it comes from the softmax only), so it is also the largest
-one; for smooth activations it can be negative, and the signed value is reported.
+one; for smooth activations it can be negative. The iteration returns the signed value; what a protocol reports
+is its ``smoothness_value`` (:data:`SMOOTHNESS_VALUES`): the signed eigenvalue, or its magnitude, the spectral
+norm of the Hessian, which is what the seed's bound ``|xi^T H xi| <= sigma ||xi||^2`` (its Theorem 1 proof) needs.
 
 Models must be in eval mode: the per-image loss then depends on its own image only, so the Hessian of the summed
 loss is block-diagonal and one batched product gives every image its own Hessian-vector product.
@@ -41,6 +43,10 @@ INIT_STREAM = "smoothness_init"
 #   residual one (they pin it). The Rayleigh quotient converges twice as fast as the vector and stalls when the
 #   two largest eigenvalues are close in magnitude, so this passes values that are off by more than tol.
 STOP_RULES = ("residual", "rayleigh-change")
+# What a protocol reports per image: "signed", the dominant eigenvalue itself (the protocols defined before this
+# choice), or "magnitude", its absolute value, the Hessian's spectral norm. They differ only where the dominant
+# eigenvalue is negative, which a piecewise-linear (ReLU) network cannot produce.
+SMOOTHNESS_VALUES = ("signed", "magnitude")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,13 @@ class SmoothnessResult:
     def n_converged(self) -> int:
         """Number of images whose power iteration met the tolerance."""
         return int(self.converged.sum())
+
+    def reported(self, value: str) -> SmoothnessResult:
+        """The result with each eigenvalue as ``value`` (:data:`SMOOTHNESS_VALUES`) has it: signed, or its magnitude."""
+        if value not in SMOOTHNESS_VALUES:
+            raise ValueError(f"smoothness value must be one of {SMOOTHNESS_VALUES}, got {value!r}")
+        values = self.eigenvalues.abs() if value == "magnitude" else self.eigenvalues
+        return SmoothnessResult(values, self.converged, self.iterations)
 
 
 def _input_grad_graph(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
