@@ -1,0 +1,157 @@
+"""How accurate is the smoothness metric's power iteration on real CIFAR-10 models, under each stopping rule?
+
+For a network that is piecewise linear in its input (ReLU, max/avg pooling, BatchNorm in eval mode, linear
+layers), the input Hessian of the cross-entropy at label y is exactly ``H = J^T A J`` with J the (K, d) logit
+Jacobian and ``A = diag(p) - p p^T``, since every second derivative of the network itself is zero where it is
+defined. Its non-zero eigenvalues are those of the K x K matrix ``A^(1/2) J J^T A^(1/2)``: an exact reference
+from K backward passes. This script compares what ``bench.metrics.smoothness`` reports, in float32 as the
+protocols run it, with that reference, for each stopping rule (``STOP_RULES``) and several iteration caps.
+
+    python3 scripts/smoothness_study.py --weights-dir ../shared/weights/cifar10-resnet-akamaster \
+        --data-dir ../shared/data/cifar10-jpeg --images 200 --out runs/smoothness-study.json
+
+Prints one table row per (model, rule, iteration cap); the JSON keeps per-image values and provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.data.cifar10 import load_cifar10
+from bench.metrics import smoothness as smoothness_module
+from bench.metrics.smoothness import STOP_RULES, smoothness
+from bench.provenance import collect
+from bench.runner import balanced_subset
+from targets.zoo import load_target
+
+
+class HvpCounter:
+    """Counts image-Hessian-vector products (the metric's unit of work, independent of machine load) by wrapping
+    the module's HVP helper for the duration of a ``with`` block."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._original = smoothness_module._hvp_from_graph
+
+    def __enter__(self) -> HvpCounter:
+        def counted(x: torch.Tensor, grad: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.count += v.shape[0]
+            return self._original(x, grad, v)
+
+        smoothness_module._hvp_from_graph = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        smoothness_module._hvp_from_graph = self._original
+
+
+def exact_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, K) eigenvalues, descending, of each image's input Hessian of CE, for a piecewise-linear model (float64)."""
+    model = model.double()
+    x = x.double().requires_grad_(True)  # (B, C, H, W)
+    logits = model(x)  # (B, K)
+    k = logits.shape[1]
+    rows = []
+    for j in range(k):
+        (g,) = torch.autograd.grad(logits[:, j].sum(), x, retain_graph=j < k - 1)  # (B, C, H, W)
+        rows.append(g.flatten(1))
+    jac = torch.stack(rows, dim=1)  # (B, K, d)
+    p = logits.detach().softmax(dim=1)  # (B, K)
+    a = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # (B, K, K), PSD
+    evals, evecs = torch.linalg.eigh(a)
+    root = evecs @ torch.diag_embed(evals.clamp_min(0).sqrt()) @ evecs.transpose(1, 2)  # (B, K, K)
+    gram = jac @ jac.transpose(1, 2)  # (B, K, K)
+    spectrum = torch.linalg.eigvalsh(root @ gram @ root)  # (B, K) ascending
+    return spectrum.flip(1)
+
+
+def _row(name: str, stop: str, iters: int, got: torch.Tensor, flagged: torch.Tensor, exact: torch.Tensor,
+         ran: int, hvps: int, seconds: float) -> dict[str, Any]:  # fmt: skip
+    rel = (got.double() - exact).abs() / exact.abs()  # (N,)
+    return {
+        "model": name,
+        "stop": stop,
+        "iters": iters,
+        "iterations_run": ran,
+        "hvps_per_image": hvps / got.numel(),
+        "seconds": round(seconds, 2),
+        "n": int(got.numel()),
+        "n_flagged_converged": int(flagged.sum()),
+        "flagged_max_rel_error": float(rel[flagged].max()) if bool(flagged.any()) else None,
+        "flagged_above_tol": int((rel[flagged] > 1e-3).sum()),
+        "all_median_rel_error": float(rel.median()),
+        "all_max_rel_error": float(rel.max()),
+        "n_above_1pct": int((rel > 1e-2).sum()),
+        "mean_rel_error": float(abs(got.double().mean() - exact.mean()) / exact.mean()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights-dir", required=True)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--models", nargs="+", default=["akamaster-resnet20", "akamaster-resnet56"])
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--iters", nargs="+", type=int, default=[20, 50, 100])
+    ap.add_argument("--out", default="runs/smoothness-study.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    data = load_cifar10("test", args.data_dir)
+    idx = balanced_subset(data.labels, args.images, 10)  # the protocols' subset rule
+    x, y = data.images(idx), data.labels[idx]
+    rows, per_image = [], {}
+    for name in args.models:
+        target = load_target(name, weights_dir=args.weights_dir)
+        spectrum = exact_spectrum(target.model, x, y)  # (N, K)
+        exact = spectrum[:, 0]
+        gap = spectrum[:, 1] / spectrum[:, 0]  # power iteration's error shrinks like gap^t
+        per_image[name] = {"exact": exact.tolist(), "ratio_l2_l1": gap.tolist(), "runs": {}}
+        model = target.model.float()
+        for stop in STOP_RULES:
+            for iters in args.iters:
+                start = time.perf_counter()
+                with HvpCounter() as counter:
+                    res = smoothness(model, x, y, batch_size=100, iters=iters, tol=1e-3, ids=idx, stop=stop)
+                row = _row(name, stop, iters, res.eigenvalues, res.converged, exact, res.iterations, counter.count,
+                           time.perf_counter() - start)  # fmt: skip
+                rows.append(row)
+                per_image[name]["runs"][f"{stop}/{iters}"] = {
+                    "eigenvalues": res.eigenvalues.tolist(),
+                    "converged": res.converged.tolist(),
+                }
+        psd = bool((spectrum >= -1e-9 * spectrum[:, :1]).all())
+        close = int((gap > 0.9).sum())
+        print(f"{name}: exact mean {exact.mean():.4g}, all eigenvalues >= 0: {psd}, "
+              f"median lambda2/lambda1 {gap.median():.3f}, lambda2/lambda1 > 0.9: {close} images")  # fmt: skip
+    header = ("model", "stop", "iters", "n_flagged_converged", "flagged_above_tol", "flagged_max_rel_error",
+              "n_above_1pct", "all_max_rel_error", "mean_rel_error", "hvps_per_image", "seconds")  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for r in rows:
+        cells = [r[h] for h in header]
+        print(
+            "| "
+            + " | ".join(f"{c:.2e}" if isinstance(c, float) and not math.isnan(c) else str(c) for c in cells)
+            + " |"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "rows": rows,
+        "per_image": per_image,
+        "images": idx.tolist(),
+        "provenance": collect(torch.device("cpu"), precision="fp32", seed=0),
+    }
+    out.write_text(json.dumps(payload, indent=1))
+
+
+if __name__ == "__main__":
+    main()
