@@ -265,3 +265,21 @@ def test_the_magnitude_value_is_the_spectral_norm() -> None:
     assert result.reported("signed").eigenvalues.tolist() == [1.0, -3.0, 2.0]
     with pytest.raises(ValueError, match="smoothness value must be one of"):
         result.reported("absolute")
+
+
+def test_the_studys_jacobian_spectrum_is_the_exact_hessian_spectrum_of_a_relu_net() -> None:
+    """scripts/smoothness_study.py takes ``A^(1/2) J J^T A^(1/2)`` as the exact reference for ReLU networks."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "smoothness_study.py"
+    spec = importlib.util.spec_from_file_location("smoothness_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    model = _relu_net().double()
+    x, y = _data((2, 3, 3), 3, n=5)
+    spectrum = study.exact_spectrum(copy.deepcopy(model), x, y)  # (5, 3) descending
+    for i, h in enumerate(_exact_hessians(model, x, y)):
+        full = torch.linalg.eigvalsh(h).flip(0)  # (18,) descending: 3 at most non-zero
+        torch.testing.assert_close(spectrum[i], full[:3], rtol=1e-9, atol=1e-12)
+        assert full[3:].abs().max() < 1e-12
