@@ -132,25 +132,20 @@ def test_the_protocols_page_lists_every_registered_protocol_with_its_hash() -> N
         assert f"| `{name}` | {proto.version} | {proto.kind} | {proto.status} | `{proto.sha256}` |" in page, name
 
 
-def test_smoothness_stop_rule_is_pinned_and_hash_neutral_while_absent() -> None:
-    """Protocols defined before the field keep their hashes and the rule they were measured with."""
+@pytest.mark.parametrize(
+    ("field", "legacy", "new", "bad"),
+    [("smoothness_stop", "rayleigh-change", "residual", "sometimes"), ("smoothness_value", "signed", "magnitude", "x")],
+)
+def test_smoothness_choices_are_pinned_and_hash_neutral_while_absent(
+    field: str, legacy: str, new: str, bad: str
+) -> None:
+    """Protocols defined before a field keep their hashes and the rule they were measured with."""
     for name in PROTOCOLS:
-        assert get_protocol(name).smoothness_stop_rule == "rayleigh-change"
+        assert getattr(get_protocol(name), f"{field}_rule") == legacy
     proto = get_protocol("cifar10")
-    residual = dataclasses.replace(proto, smoothness_stop="residual")
-    assert residual.smoothness_stop_rule == "residual" and residual.sha256 != proto.sha256
-    assert dataclasses.replace(proto, smoothness_stop=None).sha256 == proto.sha256
-    with pytest.raises(ValueError, match="smoothness_stop must be"):
-        dataclasses.replace(proto, smoothness_stop="sometimes")
-
-
-def test_smoothness_value_is_pinned_and_hash_neutral_while_absent() -> None:
-    for name in PROTOCOLS:
-        assert get_protocol(name).smoothness_value_rule == "signed"
-    proto = get_protocol("cifar10")
-    magnitude = dataclasses.replace(proto, smoothness_value="magnitude")
-    assert magnitude.smoothness_value_rule == "magnitude" and magnitude.sha256 != proto.sha256
-    assert magnitude.to_json()["smoothness_value"] == "magnitude"
-    assert dataclasses.replace(proto, smoothness_value=None).sha256 == proto.sha256
-    with pytest.raises(ValueError, match="smoothness_value must be one of"):
-        dataclasses.replace(proto, smoothness_value="absolute")
+    changed = dataclasses.replace(proto, **{field: new})
+    assert getattr(changed, f"{field}_rule") == new and changed.sha256 != proto.sha256
+    assert changed.to_json()[field] == new
+    assert dataclasses.replace(proto, **{field: None}).sha256 == proto.sha256
+    with pytest.raises(ValueError, match=f"{field} must be one of"):
+        dataclasses.replace(proto, **{field: bad})

@@ -268,14 +268,8 @@ def test_the_magnitude_value_is_the_spectral_norm() -> None:
 
 
 def test_the_studys_jacobian_spectrum_is_the_exact_hessian_spectrum_of_a_relu_net() -> None:
-    """scripts/smoothness_study.py takes ``A^(1/2) J J^T A^(1/2)`` as the exact reference for ReLU networks."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "smoothness_study.py"
-    spec = importlib.util.spec_from_file_location("smoothness_study", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    """scripts/metric_study.py takes ``A^(1/2) J J^T A^(1/2)`` as the exact reference for ReLU networks."""
+    study = _metric_study()
     model = _relu_net().double()
     x, y = _data((2, 3, 3), 3, n=5)
     spectrum = study.exact_spectrum(copy.deepcopy(model), x, y)  # (5, 3) descending
@@ -283,3 +277,35 @@ def test_the_studys_jacobian_spectrum_is_the_exact_hessian_spectrum_of_a_relu_ne
         full = torch.linalg.eigvalsh(h).flip(0)  # (18,) descending: 3 at most non-zero
         torch.testing.assert_close(spectrum[i], full[:3], rtol=1e-9, atol=1e-12)
         assert full[3:].abs().max() < 1e-12
+
+
+def _metric_study():  # type: ignore[no-untyped-def]
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "metric_study.py"
+    spec = importlib.util.spec_from_file_location("metric_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    return study
+
+
+@pytest.mark.slow
+def test_the_metric_studies_run_on_a_real_resnet(shared_cifar, shared_weights, tmp_path, monkeypatch) -> None:
+    import json
+    import sys
+
+    study = _metric_study()
+    common = ["--weights-dir", str(shared_weights), "--data-dir", str(shared_cifar), "--images", "10",
+              "--models", "akamaster-resnet20"]  # fmt: skip
+    runs = {"smoothness": ["--iters", "20"], "trace": ["--probes", "3"]}
+    for name, extra in runs.items():
+        out = tmp_path / f"{name}.json"
+        monkeypatch.setattr(sys, "argv", ["metric_study.py", name, *common, *extra, "--out", str(out)])
+        study.main()
+        rows = json.loads(out.read_text())["rows"]
+        assert len(rows) == (len(study.STOP_RULES) if name == "smoothness" else 1)
+        if name == "smoothness":  # a ReLU ResNet: 20 iterations give the mean to well under 1 %
+            assert all(r["mean_rel_error"] < 1e-2 and r["n_flagged_converged"] >= 8 for r in rows), rows
+        else:
+            assert rows[0]["trace"] > 0 and len(rows[0]["samples"]) == 3

@@ -1,16 +1,24 @@
-"""How accurate is the smoothness metric's power iteration on real CIFAR-10 models, under each stopping rule?
+"""Accuracy studies of the surrogate metrics on real CIFAR-10 models (results in docs/results.md).
 
-For a network that is piecewise linear in its input (ReLU, max/avg pooling, BatchNorm in eval mode, linear
-layers), the input Hessian of the cross-entropy at label y is exactly ``H = J^T A J`` with J the (K, d) logit
-Jacobian and ``A = diag(p) - p p^T``, since every second derivative of the network itself is zero where it is
-defined. Its non-zero eigenvalues are those of the K x K matrix ``A^(1/2) J J^T A^(1/2)``: an exact reference
-from K backward passes. This script compares what ``bench.metrics.smoothness`` reports, in float32 as the
-protocols run it, with that reference, for each stopping rule (``STOP_RULES``) and several iteration caps.
+``smoothness``: how accurate is the smoothness metric's power iteration, under each stopping rule? For a network
+that is piecewise linear in its input (ReLU, max/avg pooling, BatchNorm in eval mode, linear layers), the input
+Hessian of the cross-entropy at label y is exactly ``H = J^T A J`` with J the (K, d) logit Jacobian and
+``A = diag(p) - p p^T``, since every second derivative of the network itself is zero where it is defined. Its
+non-zero eigenvalues are those of the K x K matrix ``A^(1/2) J J^T A^(1/2)``: an exact reference from K backward
+passes. The study compares what ``bench.metrics.smoothness`` reports, in float32 as the protocols run it, with
+that reference, for each stopping rule (``STOP_RULES``) and iteration cap; one table row per (model, rule, cap).
 
-    python3 scripts/smoothness_study.py --weights-dir ../shared/weights/cifar10-resnet-akamaster \
-        --data-dir ../shared/data/cifar10-jpeg --images 200 --out runs/smoothness-study.json
+``trace``: how many Hutchinson probes does the weight-Hessian trace (seed 004's sharpness diagnostic) need? It
+draws ``--probes`` Rademacher probes (``bench.metrics.sharpness.hessian_trace``, one seed each) and reports the
+trace and the relative standard error an estimate with n probes would have (sample sd over sqrt(n)).
 
-Prints one table row per (model, rule, iteration cap); the JSON keeps per-image values and provenance.
+    python3 scripts/metric_study.py smoothness --weights-dir ../shared/weights/cifar10-resnet-akamaster \
+        --data-dir ../shared/data/cifar10-jpeg --images 200 --iters 10 20
+    python3 scripts/metric_study.py trace --weights-dir ../shared/weights/cifar10-resnet-akamaster \
+        --data-dir ../shared/data/cifar10-jpeg --images 200 --probes 100 --models akamaster-resnet20
+
+Both use the protocols' class-balanced subset of the test split and write JSON with per-image values and
+provenance (``--out``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from torch import nn
 
 from bench.data.cifar10 import load_cifar10
 from bench.metrics import smoothness as smoothness_module
+from bench.metrics.sharpness import hessian_trace
 from bench.metrics.smoothness import STOP_RULES, smoothness
 from bench.provenance import collect
 from bench.runner import balanced_subset
@@ -94,19 +103,21 @@ def _row(name: str, stop: str, iters: int, got: torch.Tensor, flagged: torch.Ten
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights-dir", required=True)
-    ap.add_argument("--data-dir", required=True)
-    ap.add_argument("--models", nargs="+", default=["akamaster-resnet20", "akamaster-resnet56"])
-    ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--iters", nargs="+", type=int, default=[20, 50, 100])
-    ap.add_argument("--out", default="runs/smoothness-study.json")
-    args = ap.parse_args()
-    torch.manual_seed(0)
+def _images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, images, labels) of the protocols' class-balanced prefix of the CIFAR-10 test split."""
     data = load_cifar10("test", args.data_dir)
-    idx = balanced_subset(data.labels, args.images, 10)  # the protocols' subset rule
-    x, y = data.images(idx), data.labels[idx]
+    idx = balanced_subset(data.labels, args.images, 10)
+    return idx, data.images(idx), data.labels[idx]
+
+
+def _write(path: str, payload: dict[str, Any]) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1))
+
+
+def smoothness_study(args: argparse.Namespace) -> None:
+    idx, x, y = _images(args)
     rows, per_image = [], {}
     for name in args.models:
         target = load_target(name, weights_dir=args.weights_dir)
@@ -142,15 +153,65 @@ def main() -> None:
             + " | ".join(f"{c:.2e}" if isinstance(c, float) and not math.isnan(c) else str(c) for c in cells)
             + " |"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "rows": rows,
         "per_image": per_image,
         "images": idx.tolist(),
         "provenance": collect(torch.device("cpu"), precision="fp32", seed=0),
     }
-    out.write_text(json.dumps(payload, indent=1))
+    _write(args.out, payload)
+
+
+def trace_study(args: argparse.Namespace) -> None:
+    idx, x, y = _images(args)
+    rows = []
+    print("| model | trace (mean of all probes) | probe sd / trace | rel. stderr, 10 probes | rel. stderr, 100 probes |"
+          " probes for 5% | seconds per probe |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in args.models:
+        model = load_target(name, weights_dir=args.weights_dir).model
+        samples = []
+        start = time.perf_counter()
+        for seed in range(args.probes):  # one probe per seed keeps every sample (hessian_trace returns the mean)
+            samples.append(hessian_trace(model, x, y, probes=1, seed=seed, batch_size=100).value)
+        per_probe = (time.perf_counter() - start) / args.probes
+        values = torch.tensor(samples, dtype=torch.float64)
+        trace, sd = float(values.mean()), float(values.std(unbiased=True))
+        rel = sd / abs(trace)
+        row = {
+            "model": name,
+            "trace": trace,
+            "probe_sd": sd,
+            "rel_stderr_10": rel / math.sqrt(10),
+            "rel_stderr_100": rel / math.sqrt(100),
+            "probes_for_5pct": math.ceil((rel / 0.05) ** 2),
+            "seconds_per_probe": round(per_probe, 2),
+            "samples": samples,
+        }
+        rows.append(row)
+        print(f"| {name} | {trace:.4g} | {rel:.3f} | {row['rel_stderr_10']:.3f} | {row['rel_stderr_100']:.3f} | "
+              f"{row['probes_for_5pct']} | {per_probe:.2f} |")  # fmt: skip
+    provenance = collect(torch.device("cpu"), precision="fp32", seed=0)
+    _write(args.out, {"rows": rows, "images": idx.tolist(), "provenance": provenance})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="study", required=True)
+    for name, default_out in (("smoothness", "runs/smoothness-study.json"), ("trace", "runs/trace-probes-study.json")):
+        p = sub.add_parser(name)
+        p.add_argument("--weights-dir", required=True)
+        p.add_argument("--data-dir", required=True)
+        p.add_argument("--models", nargs="+", default=["akamaster-resnet20", "akamaster-resnet56"])
+        p.add_argument("--images", type=int, default=200)
+        p.add_argument("--out", default=default_out)
+        if name == "smoothness":
+            p.add_argument("--iters", nargs="+", type=int, default=[20, 50, 100])
+        else:
+            p.add_argument("--probes", type=int, default=100)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    (smoothness_study if args.study == "smoothness" else trace_study)(args)
 
 
 if __name__ == "__main__":
