@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from bench import paths
@@ -22,6 +24,17 @@ def same_content(remote: Any, data: bytes) -> bool:
     if lfs is not None:
         return str(getattr(lfs, "sha256", "")) == hashlib.sha256(data).hexdigest()
     return str(getattr(remote, "blob_id", "")) == git_blob_oid(data)
+
+
+def hub_endpoint() -> str | None:
+    """``HF_ENDPOINT`` as set now (not as huggingface_hub read it at import), without a trailing slash; None for
+    huggingface_hub's default."""
+    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None
+
+
+def snapshot_commit(folder: Path) -> str | None:
+    """The commit of a Hugging Face cache snapshot folder (``.../snapshots/<commit>``), if it is one."""
+    return folder.name if folder.parent.name == "snapshots" and folder.name else None
 
 
 def offline_var() -> str | None:

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bench.hashing import sha256_text
+from bench.hubclient import snapshot_commit
 from bench.jsonvalues import is_finite_number, is_positive_int
 from bench.models import NormalizedModel, build_model, known_architecture
 
@@ -248,7 +249,7 @@ def resolve(location: str | os.PathLike) -> tuple[Path, str, str]:
         return path, str(path.resolve()), path.resolve().name
     repo, _, revision = loc[len(HUB_PREFIX) :].partition("@")
     local = _hub_snapshot(loc, repo, revision or None)
-    commit = _snapshot_commit(local)
+    commit = snapshot_commit(local)
     if commit is None:
         log.warning("%s: could not tell the commit of %s; recording the revision as given", loc, local)
     elif revision and revision != commit:
@@ -261,10 +262,10 @@ def _hub_snapshot(loc: str, repo: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    from bench.hubclient import network_errors, offline_var
+    from bench.hubclient import hub_endpoint, network_errors, offline_var
 
     var = offline_var()
-    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None  # read now, not at import
+    endpoint = hub_endpoint()
     try:
         local = snapshot_download(
             repo_id=repo,
@@ -292,11 +293,6 @@ def _hub_snapshot(loc: str, repo: str, revision: str | None) -> Path:
             "or copy the submission folder here and pass its path."
         ) from None
     return Path(local)
-
-
-def _snapshot_commit(folder: Path) -> str | None:
-    """The commit of a Hugging Face cache snapshot folder (``.../snapshots/<commit>``), if it is one."""
-    return folder.name if folder.parent.name == "snapshots" and folder.name else None
 
 
 def model_config_sha256(cfg: SurrogateConfig, members: Mapping[str, SurrogateConfig] | None = None) -> str:

@@ -55,6 +55,7 @@ from torch import nn
 
 from bench import paths
 from bench.hashing import HashMismatch, verify_sha256
+from bench.hubclient import hub_endpoint, snapshot_commit
 from bench.models import TIMM_PREFIX, NormalizedModel, build_model
 from bench.models.adapters import INTERPOLATIONS, ResizeInput
 from bench.registry import Registry
@@ -453,10 +454,8 @@ def _resolve_url(spec: TargetSpec, src: UrlWeights, mirror: Path | None) -> _Res
 
 def _snapshot_commit(path: Path, filename: str) -> str | None:
     """The commit of a file in the Hugging Face cache (``.../snapshots/<commit>/<filename>``), if it is one."""
-    parts, depth = path.parts, len(PurePosixPath(filename).parts)
-    if len(parts) > depth + 1 and parts[-depth - 2] == "snapshots":
-        return parts[-depth - 1]
-    return None
+    depth = len(PurePosixPath(filename).parts)
+    return snapshot_commit(path.parents[depth - 1]) if len(path.parents) > depth else None
 
 
 def _hub_download(spec: TargetSpec, src: HubWeights, mirror: Path | None) -> Path:
@@ -465,7 +464,7 @@ def _hub_download(spec: TargetSpec, src: HubWeights, mirror: Path | None) -> Pat
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     offline = paths.offline()
-    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None  # read now, not at import
+    endpoint = hub_endpoint()
     where = f"{src.filename} of Hub model repo {src.repo_id} at revision {src.revision or 'main (not pinned)'}"
     place = f"{mirror or '<weights-dir>'}/{src.mirror_relpath}"
     try:
