@@ -241,12 +241,6 @@ def surrogate_labels(records: Sequence[Record]) -> list[str]:
     ]
 
 
-def ranking_order(records: Iterable[Record]) -> list[Record]:
-    """Records in leaderboard order (:func:`leaderboard.table.leaderboard_order`): by protocol key and ranking
-    group, canonical runs before deviating ones, best score first."""
-    return leaderboard_order(records)
-
-
 def wide_table(
     records: Iterable[Record],
     asr: str = "target_correct",
@@ -262,7 +256,7 @@ def wide_table(
     """
     if asr not in ASR_DEFINITIONS:
         raise ExportError(f"unknown ASR definition {asr!r}; use one of {', '.join(ASR_DEFINITIONS)}.")
-    records = ranking_order(records)
+    records = leaderboard_order(records)
     what = f"ASR % ({asr}), attack {attack}, {mode}; rows surrogates, columns targets per L-inf budget"
     if not records:
         return _attach(pd.DataFrame(), records, what, 2)

@@ -38,10 +38,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from leaderboard.export import by_protocol, long_table, pooled_interval, ranking_order, surrogate_labels
+from leaderboard.export import by_protocol, long_table, pooled_interval, surrogate_labels
 from leaderboard.record import Record
 from leaderboard.store import StoreError, protocol_key
-from leaderboard.table import group_order, ranking_groups
+from leaderboard.table import group_order, leaderboard_order, ranking_groups
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def analysis_records(records: Iterable[Record]) -> tuple[list[Record], dict[str,
     Kept: canonical records (no ``deviations``) of each protocol's main ranking group (most canonical records;
     :func:`leaderboard.table.ranking_groups`), the first per surrogate sha256 in leaderboard order.
     """
-    records = ranking_order(records)
+    records = leaderboard_order(records)
     canonical = [r for r in records if not r.deviations]
     keys = ranking_groups(canonical)
     order = group_order(keys)
@@ -244,7 +244,7 @@ def asr_vs_eps(
     :func:`leaderboard.export.pooled_interval`). One line per record, deviating runs under their own label.
     """
     key, recs = _one_protocol(records, "asr_vs_eps")
-    recs = ranking_order(recs)
+    recs = leaderboard_order(recs)
     shas = [r.content_sha256() for r in recs]
     asr = asr or recs[0].protocol.get("ranking_asr", "target_correct")
     long = long_table(recs)
@@ -326,7 +326,7 @@ def heatmap(
     """Surrogate (rows, leaderboard order, one per record, deviating runs labelled) x target (columns) ASR % at
     ``cell`` (default: the ranking cell)."""
     key, recs = _one_protocol(records, "heatmap")
-    recs = ranking_order(recs)
+    recs = leaderboard_order(recs)
     cell = cell or recs[0].protocol.get("ranking_cell", "")
     asr = asr or recs[0].protocol.get("ranking_asr", "target_correct")
     long = long_table(recs)
