@@ -171,10 +171,10 @@ def _evaluate_and_store(args: argparse.Namespace):  # type: ignore[no-untyped-de
 
 def _refuse_a_duplicate(store, protocol, surrogate, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
     """StoreError now if the store already holds this run's record (same file name) and --overwrite is not given."""
+    from bench.runner import partial_images
     from leaderboard.record import record_file_stem
 
-    n = len(protocol.image_ids)
-    partial = min(args.limit, n) if args.limit is not None and args.limit < n else None
+    partial = partial_images(protocol, args.limit)
     precision = args.precision if args.precision not in (None, protocol.precision) else None
     stem = record_file_stem(surrogate.name, surrogate.sha256, partial_images=partial, other_precision=precision)
     proto = {"name": protocol.name, "version": protocol.version, "sha256": protocol.sha256}

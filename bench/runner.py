@@ -100,6 +100,12 @@ def select_images(protocol: Protocol, data: ImageSet, limit: int | None) -> Imag
     return subset
 
 
+def partial_images(protocol: Protocol, limit: int | None) -> int | None:
+    """The image count of a partial run (``limit`` below the protocol's list length: :func:`select_images` then
+    evaluates ``limit`` images), else None. What a record's ``data.partial`` and its file name say."""
+    return limit if limit is not None and limit < len(protocol.image_ids) else None
+
+
 def adapt_to_protocol(name: str, model: nn.Module, num_classes: int, protocol: Protocol) -> nn.Module:
     """The model as the protocol reads it: as it is with K outputs, restricted to the label space with more.
 
@@ -566,7 +572,7 @@ def _evaluate(
             "sha256": data_sha,
             "full_sha256": data.content_sha256(),
             "n_images": len(images),
-            "partial": limit is not None and limit < len(protocol.image_ids),
+            "partial": partial_images(protocol, limit) is not None,
         },
         targets=target_info,
         runs=runs,
