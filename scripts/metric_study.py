@@ -24,6 +24,7 @@ provenance (``--out``).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -64,7 +65,7 @@ class HvpCounter:
 
 def exact_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B, K) eigenvalues, descending, of each image's input Hessian of CE, for a piecewise-linear model (float64)."""
-    model = model.double()
+    model = copy.deepcopy(model).double()  # the caller's model stays as it is (float32)
     x = x.double().requires_grad_(True)  # (B, C, H, W)
     logits = model(x)  # (B, K)
     k = logits.shape[1]
@@ -125,12 +126,11 @@ def smoothness_study(args: argparse.Namespace) -> None:
         exact = spectrum[:, 0]
         gap = spectrum[:, 1] / spectrum[:, 0]  # power iteration's error shrinks like gap^t
         per_image[name] = {"exact": exact.tolist(), "ratio_l2_l1": gap.tolist(), "runs": {}}
-        model = target.model.float()
         for stop in STOP_RULES:
             for iters in args.iters:
                 start = time.perf_counter()
                 with HvpCounter() as counter:
-                    res = smoothness(model, x, y, batch_size=100, iters=iters, tol=1e-3, ids=idx, stop=stop)
+                    res = smoothness(target.model, x, y, batch_size=100, iters=iters, tol=1e-3, ids=idx, stop=stop)
                 row = _row(name, stop, iters, res.eigenvalues, res.converged, exact, res.iterations, counter.count,
                            time.perf_counter() - start)  # fmt: skip
                 rows.append(row)
