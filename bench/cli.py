@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from bench.determinism import CUBLAS_WORKSPACE_CONFIG
 from bench.protocol import PROTOCOLS, get_protocol
 from targets.zoo import ACCURACY_TOLERANCE as TARGET_TOLERANCE
 
@@ -165,7 +167,8 @@ def _evaluate_and_store(args: argparse.Namespace):  # type: ignore[no-untyped-de
     data = load_protocol_data(protocol, args.data_dir)
     tg = load_targets(names, weights_dir=args.weights_dir, device=device, input_size=protocol.input_size)
     record = evaluate(surrogate, subset, data, tg, device=device, batch_size=args.batch_size, limit=args.limit,
-                      progress=not args.quiet, precision=args.precision, channels_last=args.channels_last)  # fmt: skip
+                      progress=not args.quiet, precision=args.precision, channels_last=args.channels_last,
+                      deterministic=args.deterministic)  # fmt: skip
     return record, store.add(record, overwrite=args.overwrite)
 
 
@@ -519,6 +522,11 @@ def _evaluate_options(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--precision", choices=["fp32", "bf16"], help="default: the protocol's (records say if it differs)")
     s.add_argument("--channels-last", action="store_true", help="channels_last memory layout (a GPU speed option)")
+    s.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="PyTorch's deterministic mode: two runs on one GPU give identical bits (slower; CPU runs always do)",
+    )
     s.add_argument("--limit", type=positive_int, help="only the first N images of the list (record marked partial)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing record of this surrogate")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -530,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "train" and getattr(args, "targets_command", None) != "train":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.params = extra
+    if getattr(args, "deterministic", False):  # cuBLAS reads it when it creates its workspace: before any CUDA work
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

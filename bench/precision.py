@@ -16,7 +16,7 @@ What each precision means, everywhere in the benchmark:
 
 Metrics that need exact second derivatives (input-Hessian smoothness, gradient similarity, weight-space
 sharpness) always run in fp32 whatever the attack precision: they receive the unwrapped model and switch
-autocast off themselves (``bench.metrics.similarity.no_autocast``).
+autocast off themselves (``bench.resample.no_autocast``).
 
 ``channels_last`` (NHWC) is a memory layout, not a precision: it changes which convolution kernels run (faster
 tensor-core kernels on GPUs, float rounding only) and is recorded beside the precision.
@@ -25,13 +25,14 @@ tensor-core kernels on GPUs, float rounding only) and is recorded beside the pre
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.metrics.similarity import no_autocast
+from bench.resample import no_autocast
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -156,4 +157,5 @@ def math_settings() -> dict[str, Any]:
     out["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
     out["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
     out["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+    out["cublas_workspace_config"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")  # needed for deterministic cuBLAS
     return out

@@ -30,6 +30,7 @@ from bench.batching import AdaptiveBatch, fit_batch_size
 from bench.checks import check_logits, check_model
 from bench.data import ImageSet
 from bench.data.sources import DATASETS, load_dataset_for
+from bench.determinism import check_deterministic, deterministic_algorithms, deterministic_error
 from bench.metrics.asr import Rate, pack_bits, transfer_rates
 from bench.metrics.sharpness import hessian_top_eigenvalue, hessian_trace
 from bench.metrics.similarity import gradient_similarity_many
@@ -377,6 +378,31 @@ def _surrogate_metrics(
     }
 
 
+def _check_deterministic(
+    run_names: list[str], members: list[nn.Module], fast: list[nn.Module], targets: dict[str, nn.Module],
+    protocol: Protocol, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+) -> None:  # fmt: skip
+    """``DeterminismError`` naming the first model whose passes on images ``x`` use an op that has no
+    deterministic CUDA kernel: each run of the surrogate through one step of every attack of the protocol and
+    an input-Hessian-vector product, each target through an input gradient (gradient similarity)."""
+    attacks = {c.attack: c.eps for c in protocol.cells()}
+
+    def surrogate_passes(model: nn.Module, fast_model: nn.Module) -> None:
+        for name, eps in attacks.items():
+            run_attack(name, fast_model, x, y, eps, steps=1, targeted=False, ids=ids, seed=protocol.seed,
+                       params=protocol.attack_spec(name).kwargs)  # fmt: skip
+        hessian_vector_product(model, x, y, torch.ones_like(x))
+
+    def input_gradient(model: nn.Module) -> None:
+        xg = x.clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model(xg), y), xg)
+
+    for name, model, fast_model in zip(run_names, members, fast, strict=True):
+        check_deterministic(f"surrogate {name}", lambda m=model, f=fast_model: surrogate_passes(m, f))
+    for name, target in targets.items():
+        check_deterministic(f"target {name}", lambda m=target: input_gradient(m))
+
+
 def _finite(v: float) -> float | None:
     return v if np.isfinite(v) else None
 
@@ -455,6 +481,7 @@ def evaluate(
     progress: bool = True,
     precision: str | None = None,
     channels_last: bool = False,
+    deterministic: bool = False,
 ) -> Record:
     """Run the protocol's whole grid on every run of the surrogate; nothing is written here.
 
@@ -466,15 +493,25 @@ def evaluate(
     ``batch_size``: images per batch, or None to size batches from the GPU's free memory (off CUDA:
     ``DEFAULT_BATCH_SIZE``). Either way a batch that runs out of memory is retried at half the size.
     ``channels_last``: run the models on NHWC tensors (their weights are converted in place).
+    ``deterministic``: PyTorch's deterministic mode (``bench.determinism``), so that two runs on one GPU give
+    identical bits; on CUDA every model is first checked on two images for ops that cannot run deterministically
+    (a ``DeterminismError`` naming it). CPU runs are deterministic either way. ``provenance.math`` records it.
     """
     used = protocol.precision if precision is None else precision
     if used not in PRECISIONS:
         raise EvaluationError(f"unknown precision {used!r}; use one of {', '.join(PRECISIONS)}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise EvaluationError(f"batch_size must be a positive int or None (sized from free memory), got {batch_size!r}")
-    with ieee_fp32():
-        return _evaluate(surrogate, protocol, data, targets, device=torch.device(device), batch_size=batch_size,
-                         limit=limit, progress=progress, precision=used, channels_last=channels_last)  # fmt: skip
+    with ieee_fp32(), deterministic_algorithms(deterministic):
+        try:
+            return _evaluate(surrogate, protocol, data, targets, device=torch.device(device), batch_size=batch_size,
+                             limit=limit, progress=progress, precision=used, channels_last=channels_last,
+                             deterministic=deterministic)  # fmt: skip
+        except RuntimeError as e:  # an op refused by deterministic mode that the check on two images did not meet
+            converted = deterministic_error(e, f"the evaluation of {surrogate.name} (surrogate or a target)")
+            if converted is None:
+                raise
+            raise converted from e
 
 
 def _evaluate(
@@ -489,6 +526,7 @@ def _evaluate(
     progress: bool,
     precision: str,
     channels_last: bool,
+    deterministic: bool,
 ) -> Record:
     start = time.perf_counter()
     members = [
@@ -524,6 +562,9 @@ def _evaluate(
         attack=AdaptiveBatch(attack_bs, device=device, label="attack batches"),
         metric=AdaptiveBatch(metric_bs, device=device, label="metric batches"),
     )  # fmt: skip
+    if deterministic and device.type == "cuda":
+        _check_deterministic(surrogate.run_names, members, fast, {n: tg.model for n, tg in targets.items()}, protocol,
+                             b.x[:2].to(device), b.y[:2].to(device), b.ids[:2])  # fmt: skip
     target_correct = {}
     target_info = {}
     data_sha = images.content_sha256()

@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import trained_digits_model
 
 from bench.checks import ModelCheckError
 from bench.cli import main
 from bench.data import load_cifar10, load_digits_smoke
+from bench.determinism import CUBLAS_WORKSPACE_CONFIG, DeterminismError
 from bench.metrics.asr import transfer_rates, unpack_bits
 from bench.models import build_model
 from bench.protocol import get_protocol
-from bench.runner import EvaluationError, evaluate
+from bench.runner import EvaluationError, _check_deterministic, evaluate
 from leaderboard.store import LocalStore
 from surrogates.submission import load_surrogate, save_group, save_surrogate
 from targets.zoo import LoadedTarget, load_target
@@ -98,6 +100,36 @@ def test_evaluation_is_deterministic_and_batch_size_invariant(world) -> None:
     bits = [np.concatenate([unpack_bits(v, LIMIT) for d in r.runs[0]["outcomes"]["success"].values()
                             for v in d.values()]) for r in (a, c)]  # fmt: skip
     assert (bits[0] == bits[1]).mean() > 0.995  # only float rounding of batched convolutions may differ
+
+
+def test_deterministic_mode_is_recorded_restored_and_changes_nothing_on_a_cpu(world) -> None:
+    default = _evaluate(world, world["folders"]["sur-a"], batch_size=LIMIT)
+    det = _evaluate(world, world["folders"]["sur-a"], batch_size=LIMIT, deterministic=True)
+    assert det.runs[0]["outcomes"] == default.runs[0]["outcomes"]
+    assert det.provenance["math"]["deterministic_algorithms"] is True
+    assert det.provenance["math"]["cublas_workspace_config"] == CUBLAS_WORKSPACE_CONFIG
+    assert det.provenance["math"]["cudnn_benchmark"] is False
+    assert default.provenance["math"]["deterministic_algorithms"] is False
+    assert not torch.are_deterministic_algorithms_enabled()  # switched back off after the run
+
+
+def test_the_determinism_check_names_the_target_that_cannot_run_deterministically(world) -> None:
+    class Upsampled(torch.nn.Module):  # a target that resizes its input with F.interpolate
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(F.interpolate(x, size=(12, 12), mode="bilinear")[..., 2:10, 2:10])
+
+    sur = load_surrogate(world["folders"]["sur-a"])
+    data = world["data"]
+    x, y, ids = data.images()[:2], data.labels[:2], data.ids[:2]
+    fine = {n: t.model for n, t in world["targets"].items()}
+    _check_deterministic(sur.run_names, sur.runs, sur.runs, fine, PROTO, x, y, ids)
+    odd = {**fine, "smoke-mlp": Upsampled(fine["smoke-mlp"])}
+    with pytest.raises(DeterminismError, match=r"target smoke-mlp uses aten\.upsample_bilinear2d_backward"):
+        _check_deterministic(sur.run_names, sur.runs, sur.runs, odd, PROTO, x, y, ids)
 
 
 def test_seed_group_reports_mean_and_std(world) -> None:

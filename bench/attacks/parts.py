@@ -9,6 +9,7 @@ through them). Randomness comes from ``bench.rng``, keyed by image id and step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import rng
+from bench.resample import no_autocast, resize_matrix
 
 GradFn = Callable[[torch.Tensor], torch.Tensor]
 """Gradient of the attack objective (summed over the batch) at a point (B, C, H, W); one call = one evaluation."""
@@ -94,39 +96,62 @@ class DiverseInputs:
                 f"resize_rate {self.resize_rate} leaves {w}x{w} images unchanged (canvas {canvas}); "
                 f"use resize_rate > {(w + 1) / w:.3f} for this input size"
             )
-        draws = rng.randint(seed, "diversity", ids, step, 3, 0, 1 << 30).to(x.device)  # (B, 3)
+        draws = rng.randint(seed, "diversity", ids, step, 3, 0, 1 << 30)  # (B, 3), CPU
         size = w + draws[:, 0] % (canvas - w)  # (B,) in [w, canvas)
         top = draws[:, 1] % (canvas - size + 1)
         left = draws[:, 2] % (canvas - size + 1)
         apply = rng.uniform(seed, "diversity", ids + (1 << 31), step, 1)[:, 0].to(x.device) < self.p  # (B,)
-        out = resize_pad(x, size, top, left, canvas)  # (B, C, canvas, canvas)
-        out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        # Resize to size_i, pad onto the canvas and resize back to w, per axis one (w, w) matrix per image:
+        # out_i = Ay_i @ x_i @ Ax_i^T, a deterministic backward on CUDA (bench.resample).
+        back = resize_matrix(canvas, w, device=x.device, dtype=x.dtype)  # (w, canvas)
+        ay = back @ placement_matrices(size, top, canvas, w, device=x.device, dtype=x.dtype)  # (B, w, w)
+        ax = back @ placement_matrices(size, left, canvas, w, device=x.device, dtype=x.dtype)
+        with no_autocast(x.device):
+            out = ay[:, None] @ x @ ax[:, None].transpose(-1, -2)  # (B, C, H, W)
         return torch.where(apply.view(b, 1, 1, 1), out, x)
+
+
+def placement_matrices(
+    size: torch.Tensor, offset: torch.Tensor, canvas: int, n_in: int, *, device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:  # fmt: skip
+    """(B, canvas, n_in): per image, the bilinear resize of an axis of ``n_in`` pixels to ``size[i]`` pixels,
+    placed at ``offset[i]`` on a zero canvas of ``canvas`` pixels (what overhangs the canvas is cut off).
+    ``size``, ``offset``: (B,) integer tensors."""
+    size, offset = size.cpu().long(), offset.cpu().long()
+    if ((size < 1) | (offset < 0)).any():
+        raise ValueError(f"need sizes >= 1 and offsets >= 0, got sizes {size.tolist()}, offsets {offset.tolist()}")
+    sizes = torch.unique(size)  # sorted
+    stack = _resize_stack(tuple(sizes.tolist()), canvas, n_in, device, dtype)  # (S, canvas, n_in)
+    rows = torch.arange(canvas).view(1, -1) - offset.view(-1, 1)  # (B, canvas): row of the resized image
+    inside = (rows >= 0) & (rows < size.view(-1, 1))
+    which = torch.searchsorted(sizes, size).view(-1, 1)  # (B, 1) index into the stack
+    mats = stack[which.to(stack.device), rows.clamp(0, canvas - 1).to(stack.device)]  # (B, canvas, n_in)
+    return mats * inside.to(device=stack.device, dtype=dtype).unsqueeze(-1)
+
+
+@functools.lru_cache(maxsize=32)
+def _resize_stack(
+    sizes: tuple[int, ...], canvas: int, n_in: int, device: torch.device | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """(len(sizes), canvas, n_in): the resize matrices n_in -> s, zero-padded below to ``canvas`` rows."""
+    stack = torch.zeros(len(sizes), canvas, n_in, dtype=dtype, device=device)
+    for k, s in enumerate(sizes):
+        stack[k, :s] = resize_matrix(n_in, s, device=device, dtype=dtype)
+    return stack
 
 
 def resize_pad(x: torch.Tensor, size: torch.Tensor, top: torch.Tensor, left: torch.Tensor, canvas: int) -> torch.Tensor:
     """Per-image bilinear resize of ``x`` (B, C, W, W) to ``size[i]`` placed at (top[i], left[i]) on a zero canvas.
 
-    Equal to ``F.pad(F.interpolate(x_i, size_i, mode="bilinear", align_corners=False), ...)`` image by image,
-    done for the whole batch with one ``grid_sample``.
+    Equal to ``F.pad(F.interpolate(x_i, size_i, mode="bilinear", align_corners=False), ...)`` image by image
+    (to float rounding), done for the whole batch as two batched matrix products.
     """
-    b, _, _, w = x.shape
-    pos = torch.arange(canvas, device=x.device, dtype=x.dtype).view(1, -1)  # (1, S)
-    size_f = size.to(x.dtype).view(-1, 1)  # (B, 1)
-
-    def axis(offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rel = pos - offset.to(x.dtype).view(-1, 1)  # (B, S) canvas pixel relative to the image corner
-        src = (rel + 0.5) * (w / size_f) - 0.5  # source pixel centre, align_corners=False
-        grid = (2 * src + 1) / w - 1  # normalized to [-1, 1]
-        inside = (rel >= 0) & (rel < size_f)
-        return grid, inside
-
-    gy, in_y = axis(top)
-    gx, in_x = axis(left)
-    grid = torch.stack(torch.broadcast_tensors(gx.view(b, 1, -1), gy.view(b, -1, 1)), dim=-1)  # (B, S, S, 2)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mask = (in_y.view(b, 1, -1, 1) & in_x.view(b, 1, 1, -1)).to(x.dtype)  # (B, 1, S, S)
-    return out * mask
+    w = x.shape[-1]
+    py = placement_matrices(size, top, canvas, w, device=x.device, dtype=x.dtype)  # (B, canvas, W)
+    px = placement_matrices(size, left, canvas, w, device=x.device, dtype=x.dtype)
+    with no_autocast(x.device):
+        return py[:, None] @ x @ px[:, None].transpose(-1, -2)  # (B, C, canvas, canvas)
 
 
 @dataclass(frozen=True)

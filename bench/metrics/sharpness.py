@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.metrics.similarity import no_autocast, resolve_device
+from bench.metrics.similarity import resolve_device
+from bench.resample import no_autocast
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> mean loss over the batch
 

@@ -15,7 +15,6 @@ This module also holds the small input checks shared with ``bench.metrics.smooth
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.checks import check_eval_mode
+from bench.resample import no_autocast
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,6 @@ def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch
     for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
     return torch.device("cpu")
-
-
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Context that switches autocast off on ``device``, so a caller's mixed-precision region cannot leak in."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+from bench.resample import INTERPOLATIONS, resize
+
+__all__ = ["INTERPOLATIONS", "ResizeInput", "RestrictLogits"]
 
 
 class ResizeInput(nn.Module):
@@ -34,8 +35,7 @@ class ResizeInput(nn.Module):
         if tuple(x.shape[-2:]) != self.size:
             # Enlarging (every zoo target so far) needs no anti-aliasing; shrinking without it would alias.
             shrink = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
-            kw = {} if self.interpolation == "nearest" else {"align_corners": False, "antialias": shrink}
-            x = F.interpolate(x, size=self.size, mode=self.interpolation, **kw)
+            x = resize(x, self.size, self.interpolation, antialias=shrink and self.interpolation != "nearest")
             if self.interpolation == "bicubic":
                 x = x.clamp(0, 1)
         return self.model(x)

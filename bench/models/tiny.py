@@ -7,9 +7,29 @@ MLP) so that the smoke run has cross-architecture transfer to measure.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.models.registry import ARCHS
+
+
+class BlockMeanPool(nn.Module):
+    """Adaptive average pooling to ``size`` x ``size``, as a mean over equal blocks where ``size`` divides the input.
+
+    Same values as ``nn.AdaptiveAvgPool2d(size)`` (to float rounding) there, but its backward is deterministic
+    on CUDA, where adaptive pooling's is not (``bench.determinism``); other input sizes fall back to it.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        s = self.size
+        if h % s or w % s:
+            return F.adaptive_avg_pool2d(x, s)
+        return x.reshape(b, c, s, h // s, s, w // s).mean((3, 5))
 
 
 class SmallCNN(nn.Module):
@@ -22,7 +42,7 @@ class SmallCNN(nn.Module):
             nn.ReLU(),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1),
             nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2),
+            BlockMeanPool(2),
         )
         self.head = nn.Linear(8 * width, num_classes)
 
