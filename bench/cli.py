@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bench.determinism import CUBLAS_WORKSPACE_CONFIG
+from bench.determinism import CUBLAS_WORKSPACE_CONFIG, deterministic_algorithms
 from bench.protocol import PROTOCOLS, get_protocol
 from targets.zoo import ACCURACY_TOLERANCE as TARGET_TOLERANCE
 
@@ -106,15 +106,16 @@ def cmd_targets_train(args: argparse.Namespace) -> int:
     from surrogates.recipes import parse_overrides
     from targets.train import train_target
 
-    out = train_target(
-        args.name,
-        load_cifar10("train", args.data_dir),
-        args.out,
-        device=_device(args.device),
-        overrides=parse_overrides(args.params),
-        test_data=load_cifar10("test", args.data_dir),
-        overwrite=args.overwrite,
-    )
+    with deterministic_algorithms(args.deterministic):
+        out = train_target(
+            args.name,
+            load_cifar10("train", args.data_dir),
+            args.out,
+            device=_device(args.device),
+            overrides=parse_overrides(args.params),
+            test_data=load_cifar10("test", args.data_dir),
+            overwrite=args.overwrite,
+        )
     print(f"target written to {out}; next: `transferbench targets publish {out}` (gives the commit), then "
           f"`transferbench targets pins {out} --revision COMMIT`")  # fmt: skip
     return 0
@@ -255,8 +256,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from leaderboard.store import LocalStore
 
     try:
-        a, b = LocalStore.read(Path(args.a)), LocalStore.read(Path(args.b))
-    except (RecordError, OSError) as e:
+        a, b = LocalStore.read(_one_record(Path(args.a))), LocalStore.read(_one_record(Path(args.b)))
+    except (RecordError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NOT_COMPARABLE
     cells = [a.protocol["ranking_cell"]] if args.ranking_cell_only else None
@@ -264,6 +265,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       all_cells=args.all_cells, allow_precision_mismatch=args.allow_precision_mismatch)  # fmt: skip
     print(text, file=sys.stderr if code == EXIT_NOT_COMPARABLE else sys.stdout)
     return code
+
+
+def _one_record(path: Path) -> Path:
+    """``path``, or for a folder (an ``evaluate --out`` leaderboard) the one record it holds."""
+    if not path.is_dir():
+        return path
+    found = sorted(path.glob("*/*.json"))
+    if len(found) != 1:
+        raise ValueError(f"{path} is a folder holding {len(found)} records (<protocol>/<name>.json); name one record "
+                         "file, or give a folder that holds exactly one")  # fmt: skip
+    return found[0]
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
@@ -308,16 +320,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = load_digits_smoke()
         held_out = set(get_protocol("smoke-digits").image_ids)
         data = data.subset(torch.tensor([i for i, k in enumerate(data.ids.tolist()) if k not in held_out]))
-    out = train_recipe(
-        args.recipe,
-        data,
-        arch=args.arch,
-        arch_kwargs=json.loads(args.arch_kwargs),
-        out_dir=args.out,
-        overrides=parse_overrides(args.params),
-        device=_device(args.device),
-        overwrite=args.overwrite,
-    )
+    with deterministic_algorithms(args.deterministic):
+        out = train_recipe(
+            args.recipe,
+            data,
+            arch=args.arch,
+            arch_kwargs=json.loads(args.arch_kwargs),
+            out_dir=args.out,
+            overrides=parse_overrides(args.params),
+            device=_device(args.device),
+            overwrite=args.overwrite,
+        )
     print(f"submission written to {out}")
     return 0
 
@@ -399,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="local CIFAR-10 mirror")
     t.add_argument("--device", default="auto")
     t.add_argument("--overwrite", action="store_true")
+    _deterministic_option(t)
     t.set_defaults(func=cmd_targets_train)
     t = tsub.add_parser("pins", help="sha256 + accuracy of a trained target, as the line to pin in the zoo")
     t.add_argument("folder", help="folder written by `targets train`")
@@ -441,8 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_pull)
 
     s = sub.add_parser("compare", help="paired per-image comparison of two records; exit 1 on a significant regression")
-    s.add_argument("a", help="baseline record (JSON)")
-    s.add_argument("b", help="candidate record (JSON)")
+    s.add_argument("a", help="baseline record (JSON), or a leaderboard folder holding one")
+    s.add_argument("b", help="candidate record (JSON), or a leaderboard folder holding one")
     s.add_argument("--alpha", type=float, default=0.05, help="family-wise level after Holm correction")
     s.add_argument("--min-effect", type=float, default=0.0, help="ignore drops smaller than this fraction")
     s.add_argument("--asr", choices=["target_correct", "both_correct", "all"], help="default: the protocol's")
@@ -479,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch-kwargs", default="{}", help="JSON object of architecture arguments")
     s.add_argument("--device", default="auto")
     s.add_argument("--overwrite", action="store_true")
+    _deterministic_option(s)
     s.set_defaults(func=cmd_train)
 
     from bench import perf
@@ -509,6 +524,14 @@ def _hub_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--revision", default="main", help="branch of the leaderboard repo")
 
 
+def _deterministic_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="PyTorch's deterministic mode: two runs on one GPU give identical bits (slower; CPU runs always do)",
+    )
+
+
 def _evaluate_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("path", help="submission folder with config.json + model.safetensors, or hf://owner/repo@revision")
     s.add_argument("--protocol", default="cifar10", help="protocol name (see `transferbench protocols`)")
@@ -522,11 +545,7 @@ def _evaluate_options(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--precision", choices=["fp32", "bf16"], help="default: the protocol's (records say if it differs)")
     s.add_argument("--channels-last", action="store_true", help="channels_last memory layout (a GPU speed option)")
-    s.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="PyTorch's deterministic mode: two runs on one GPU give identical bits (slower; CPU runs always do)",
-    )
+    _deterministic_option(s)
     s.add_argument("--limit", type=positive_int, help="only the first N images of the list (record marked partial)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing record of this surrogate")
     s.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -110,6 +110,7 @@ class Comparison:
     cells: pd.DataFrame
     regressions: list[CellDiff] = field(default_factory=list)
     improvements: list[CellDiff] = field(default_factory=list)
+    rerun_bits: tuple[int, int] | None = None  # (differing, total) outcome bits when B reruns A's submission
 
     @property
     def exit_code(self) -> int:
@@ -130,6 +131,13 @@ class Comparison:
             f"Holm-adjusted over {int(self.cells['p_value'].notna().sum())} (cell, target) tests; "
             f"regression = Holm p < {self.alpha:g} and diff < -{100 * self.min_effect:g} pp",
         ]
+        if self.rerun_bits is not None:
+            differ, total = self.rerun_bits
+            lines.append(
+                f"rerun of the same submission: per-image outcomes identical ({total} bits)"
+                if differ == 0
+                else f"rerun of the same submission: {differ} of {total} per-image outcome bits differ"
+            )
         sections: list[tuple[str, pd.DataFrame]] = [
             (f"regressions (B significantly worse): {len(self.regressions)}", self.cells[self.cells["regression"]]),
             (f"improvements (B significantly better): {len(self.improvements)}", self.cells[self.cells["improvement"]]),
@@ -312,6 +320,29 @@ def _per_image(rec: Record, cell: str, target: str, asr: str, n: int, tag: str) 
     return need, frac / len(rec.runs)
 
 
+def rerun_differences(a: Record, b: Record) -> tuple[int, int] | None:
+    """(differing, total) per-image outcome bits of two records of one submission, e.g. a rerun on other hardware
+    or in deterministic mode; None when they are not of the same submission and runs.
+
+    Counts every bit both records hold: each target's clean correctness, each run's clean correctness, and the
+    success bits of each (cell, model) present in both. Identical bits mean an identical evaluation.
+    """
+    same = a.submission.get("sha256") == b.submission.get("sha256")
+    if not same or [r.get("name") for r in a.runs] != [r.get("name") for r in b.runs]:
+        return None
+    n = int(a.data["n_images"])
+    common = [t for t in a.targets if t in b.targets]
+    pairs = [(a.targets[t].get("clean_correct"), b.targets[t].get("clean_correct")) for t in common]
+    for ra, rb in zip(a.runs, b.runs, strict=True):
+        oa, ob = ra["outcomes"], rb["outcomes"]
+        pairs.append((oa.get("clean_correct"), ob.get("clean_correct")))
+        for cell, models in oa["success"].items():
+            pairs += [(bits, ob["success"].get(cell, {}).get(m)) for m, bits in models.items()]
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+    differ = sum(int((_bits(x, n, "A") != _bits(y, n, "B")).sum()) for x, y in pairs)
+    return differ, n * len(pairs)
+
+
 def compare(
     a: Record,
     b: Record,
@@ -408,7 +439,7 @@ def compare(
         seed=seed, runs_a=len(a.runs), runs_b=len(b.runs), precision_a=str(a.provenance.get("precision")),
         precision_b=str(b.provenance.get("precision")), score_a=float(a.score["mean"]),
         score_b=float(b.score["mean"]), ranking_cell=ranking_cell, cells=df, regressions=diffs(df["regression"]),
-        improvements=diffs(df["improvement"]),
+        improvements=diffs(df["improvement"]), rerun_bits=rerun_differences(a, b),
     )  # fmt: skip
 
 

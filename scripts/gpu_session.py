@@ -8,6 +8,9 @@ Steps (run them in order on one machine; later steps reuse the surrogate of step
 2. ``transferbench benchmark``: attacks and metrics vs torchattacks, then the whole protocol and the
    bf16-vs-fp32 agreement (#7)
 3. the ``cifar10-ext`` and ``cifar10-autoattack`` protocols on the same surrogate (#5)
+4. determinism: the ``cifar10`` protocol on a prefix of its images, twice with ``--deterministic`` and twice
+   without, then ``compare`` of each pair (how many per-image outcome bits differ; the time it costs). It trains
+   a short surrogate first when step 1's is not there.
 
 Budget: the step's commands share ``--budget`` seconds of wall time (default 540, inside a 10-minute call).
 A command still running when the budget is spent is stopped (its whole process group) and reported as
@@ -88,11 +91,27 @@ def step_commands(step: int, quick: bool) -> list[tuple[str, list[str]]]:
             (f"evaluate-{p}", _tb("evaluate", str(SURROGATE), "--protocol", p, *io, "--overwrite", *few))
             for p in ("cifar10-ext", "cifar10-autoattack")
         ]
-    raise SystemExit(f"unknown step {step}; steps are 1, 2, 3 (docs/gpu-runbook.md)")
+    if step == 4:
+        prefix = ["--limit", "24" if quick else "512"]
+        commands = []
+        if not (SURROGATE / "config.json").is_file():  # a fresh machine: a short training run stands in for step 1's
+            size = "--epochs 1 --warmup-epochs 0" if quick else "--epochs 4 --warmup-epochs 1 --bf16 true"
+            train = f"train st --out {SURROGATE} --data-dir {DATA} --device {dev} --batch-size 512 --lr 0.2"
+            commands.append(("train-st", _tb(*train.split(), *size.split(), *tiny, "--overwrite")))
+        for mode, flag in (("det", ["--deterministic"]), ("default", [])):
+            for run in ("a", "b"):
+                out = ["--out", str(RUNS / f"{mode}-{run}")]
+                cmd = _tb("evaluate", str(SURROGATE), "--protocol", "cifar10", *io, *prefix, *flag, *out, "--overwrite")
+                commands.append((f"evaluate-{mode}-{run}", cmd))
+        for mode in ("det", "default"):
+            pair = [str(RUNS / f"{mode}-a"), str(RUNS / f"{mode}-b")]
+            commands.append((f"compare-{mode}", _tb("compare", *pair, "--ranking-cell-only")))
+        return commands
+    raise SystemExit(f"unknown step {step}; steps are 1, 2, 3, 4 (docs/gpu-runbook.md)")
 
 
 TIMEOUT, SKIPPED = "timeout", "skipped"
-TAIL_LINES = 12  # lines of each command's log repeated in the summary (the leaderboard command: all of it)
+TAIL_LINES = 12  # lines of each command's log repeated in the summary (leaderboard and compare: all of it)
 
 
 def _wheels_site(env: dict[str, str]) -> str | None:
@@ -151,7 +170,7 @@ def summary(step: int, rows: list[tuple[str, int | str, float]], logs: Path, qui
         if rc == SKIPPED or not log.is_file():
             continue
         text = log.read_text(errors="replace").splitlines()
-        keep = text[1:] if name == "leaderboard" else text[-TAIL_LINES:]
+        keep = text[1:] if name == "leaderboard" or name.startswith("compare") else text[-TAIL_LINES:]
         lines += ["", f"--- {name} (exit {rc}) ---", *keep]
     return "\n".join(lines) + "\n"
 
@@ -162,7 +181,8 @@ def pack(step: int, out: Path, logs: Path, text: str) -> list[Path]:
     archive = out / f"step{step}.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(logs, arcname=f"step{step}/logs")
-        for src in sorted([*(RUNS / "home").rglob("*.json"), *RUNS.glob("*.json")]):
+        records = [*(RUNS / "home").rglob("*.json"), *RUNS.glob("*.json"), *RUNS.glob("*-[ab]/*/*.json")]
+        for src in sorted(records):
             tar.add(src, arcname=f"step{step}/{src.relative_to(RUNS)}")
     (out / f"step{step}-summary.txt").write_text(text)
     return [archive, out / f"step{step}-summary.txt"]
@@ -192,7 +212,7 @@ def run_step(step: int, out: Path, *, quick: bool = False, budget: float = 540.0
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("step", type=int, choices=[1, 2, 3])
+    p.add_argument("step", type=int, choices=[1, 2, 3, 4])
     p.add_argument("--out", default=os.environ.get("OUT", str(RUNS / "out")), help="logs and results (default $OUT)")
     p.add_argument("--quick", action="store_true", help="toy sizes on a CPU, to check the script")
     p.add_argument("--budget", type=float, default=540.0, help="seconds of wall time for the step (default 540)")

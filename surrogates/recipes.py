@@ -37,6 +37,7 @@ from torch import nn
 
 from bench.data import ImageSet
 from bench.models import build_model
+from bench.precision import math_settings
 from bench.registry import Registry
 from surrogates.augment import AdversarialExamples, Augment, eval_mode
 from surrogates.regularizers import INPUT_PENALTIES, Objective
@@ -409,6 +410,7 @@ def _metadata(recipe: Recipe, cfg: RecipeConfig, data: ImageSet, name: str, run:
         "train_data": {"source": data.source, "sha256": data.content_sha256(), "n_images": len(data)},
         "device": str(device),
         "torch": torch.__version__,
+        "math": math_settings(),  # TF32 and determinism switches in effect while training
         **extra,
     }
 

@@ -35,6 +35,7 @@ from torch import nn
 from bench.attacks.budget import BUDGET_TOL, BudgetViolation, LinfBudget
 from bench.data import ImageSet
 from bench.hashing import sha256_file
+from bench.precision import math_settings
 from bench.provenance import collect
 from bench.registry import Registry
 from surrogates.recipes import ModelSpec, RecipeConfig, build_parts, coerce_override
@@ -282,7 +283,7 @@ def _metadata(spec: TargetSpec, recipe: TargetRecipe, overrides: Mapping[str, An
         "last_epoch_batch_accuracy": run.logs[-1].accuracy if run.logs else None,
         "epochs": [[e.epoch, e.lr, round(e.loss, 6), e.accuracy] for e in run.logs],  # epoch, lr, loss, batch acc
         "train_time_s": round(run.seconds, 3),
-        "provenance": collect(device, precision=recipe.precision, seed=cfg.seed),
+        "provenance": {**collect(device, precision=recipe.precision, seed=cfg.seed), "math": math_settings()},
         "citation": spec.citation,
         "license": spec.license,
     }

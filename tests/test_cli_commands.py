@@ -69,14 +69,20 @@ def test_publish_without_a_hub_is_a_clear_error(tmp_path: Path, capsys: pytest.C
     assert "TRANSFERBENCH_HUB_REPO" in capsys.readouterr().err
 
 
-def test_train_a_recipe_on_digits(tmp_path: Path) -> None:
+def test_train_a_recipe_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "placeholder")  # so that teardown removes what main sets
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     out = tmp_path / "ir"
     args = ["train", "ir", "--data", "digits", "--arch", "small_cnn", "--arch-kwargs", json.dumps({"width": 4}),
             "--out", str(out), "--device", "cpu", "--epochs", "1", "--warmup-epochs", "0", "--crop-padding", "0",
-            "--hflip", "false"]  # fmt: skip
+            "--hflip", "false", "--deterministic"]  # fmt: skip
     assert main(args) == 0
     sur = load_surrogate(out)
     assert sur.config.metadata["recipe"] == "ir" and sur.config.input_size == (1, 8, 8)
+    assert sur.config.metadata["math"]["deterministic_algorithms"] is True  # trained in deterministic mode
+    assert not torch.are_deterministic_algorithms_enabled()
     assert main(["train", "ir", "--out", str(tmp_path / "x"), "--data", "digits", "--no-such-field", "1"]) == 1
 
 
@@ -95,6 +101,7 @@ def test_targets_train_writes_a_zoo_target_and_pins_need_the_full_list(
     assert main(args) == 0, capsys.readouterr().err
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architecture"] == "cifar_mobilenet_v2" and cfg["metadata"]["target"] == "tb-mobilenet-v2"
+    assert cfg["metadata"]["provenance"]["math"]["deterministic_algorithms"] is False  # no --deterministic given
     assert load_surrogate(out).num_classes == 10
     capsys.readouterr()
     assert main(["targets", "pins", str(out), "--data-dir", str(mirror), "--device", "cpu"]) == 1

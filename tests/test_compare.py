@@ -325,3 +325,45 @@ def test_bit_strings_of_another_length_or_with_padding_set_are_refused() -> None
         unpack_bits("/w==", 3)  # one byte, all 8 bits set
     with pytest.raises(ValueError, match="not a base64"):
         unpack_bits("not base64!", 3)
+
+
+def test_a_rerun_of_the_same_submission_reports_how_many_outcome_bits_differ() -> None:
+    from leaderboard.compare import rerun_differences
+
+    rec = make_record("rerun")
+    n = int(rec.data["n_images"])
+    n_models = 1 + len(PROTO.targets)
+    total = n * (len(PROTO.targets) + 1 + len(PROTO.cells()) * n_models)  # target clean, run clean, success bits
+    assert rerun_differences(rec, copy.deepcopy(rec)) == (0, total)
+    assert "per-image outcomes identical" in compare(rec, copy.deepcopy(rec)).format()
+
+    other = copy.deepcopy(rec)
+    cell = PROTO.cells()[0].key
+    success = other.runs[0]["outcomes"]["success"][cell]
+    bits = unpack_bits(success["surrogate"], n)
+    bits[[0, 3]] = ~bits[[0, 3]]
+    success["surrogate"] = pack_bits(bits)
+    t = PROTO.targets[0]
+    clean = unpack_bits(other.targets[t]["clean_correct"], n)
+    clean[5] = ~clean[5]
+    other.targets[t]["clean_correct"] = pack_bits(clean)
+    assert rerun_differences(rec, other) == (3, total)
+    assert f"3 of {total} per-image outcome bits differ" in compare(rec, other).format()
+
+    stranger = make_record("someone-else")
+    assert rerun_differences(rec, stranger) is None
+    assert "rerun of the same submission" not in compare(rec, stranger).format()
+
+
+def test_compare_reads_a_folder_that_holds_one_record(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cli import main
+    from leaderboard.store import LocalStore
+
+    rec = make_record("folder")
+    for name in ("a", "b"):
+        LocalStore(tmp_path / name).add(rec)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == EXIT_OK
+    assert "per-image outcomes identical" in capsys.readouterr().out
+    LocalStore(tmp_path / "b").add(make_record("another"))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == EXIT_NOT_COMPARABLE
+    assert "holding 2 records" in capsys.readouterr().err

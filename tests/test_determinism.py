@@ -28,6 +28,7 @@ from bench.metrics.similarity import gradient_similarity_many
 from bench.metrics.smoothness import hessian_vector_product, smoothness
 from bench.models import ARCHS, build_model
 from bench.resample import resize, resize_matrix
+from surrogates.recipes import RECIPES
 
 
 def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -97,6 +98,13 @@ def test_input_diversity_is_resize_pad_resize_and_deterministic() -> None:
     xg = x.float().requires_grad_(True)
     found = cuda_nondeterministic_ops(lambda: DiverseInputs(p=1.0)(xg, ids, 0, 0).sum().backward())
     assert found == set()
+
+
+def test_input_diversity_in_float32_is_within_1e_6_of_exact_at_imagenet_size() -> None:
+    x = torch.rand(3, 3, 224, 224, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ids = torch.arange(3)
+    exact = DiverseInputs(p=1.0)(x, ids, step=0, seed=0)  # float64: F.interpolate's to 1e-12 (test above)
+    assert (DiverseInputs(p=1.0)(x.float(), ids, step=0, seed=0).double() - exact).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
@@ -189,3 +197,22 @@ def test_check_deterministic_names_a_model_with_such_an_op_and_passes_a_clean_on
         check_deterministic("surrogate bad", lambda: torch.zeros(3).put_(torch.tensor([0]), torch.tensor([1.0])))
     with pytest.raises(ZeroDivisionError):  # any other error passes through unchanged
         check_deterministic("surrogate odd", lambda: 1 / 0)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_training_recipe_is_free_of_nondeterministic_ops(recipe: str, tmp_path) -> None:
+    from bench.data import load_digits_smoke
+    from surrogates.recipes import train_recipe
+
+    overrides = {"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "crop_padding": 1, "hflip": True, "lr": 0.05,
+                 **{"early-stopping": {"epochs": 2, "lr_milestones": "1"}, "lgv": {"lgv_epochs": 1, "lgv_per_epoch": 2},
+                    "co": {"cutout_size": 3}}.get(recipe, {})}  # fmt: skip
+    data = load_digits_smoke().subset(list(range(64)))
+
+    def train() -> None:
+        train_recipe(recipe, data, arch="small_cnn", arch_kwargs={"width": 4}, out_dir=tmp_path / recipe,
+                     overrides=overrides)  # fmt: skip
+
+    ops = dispatched_ops(train)
+    assert "aten.convolution_backward" in ops
+    assert not ops & NONDETERMINISTIC_CUDA_OPS

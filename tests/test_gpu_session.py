@@ -29,7 +29,7 @@ def session() -> ModuleType:
 
 
 @pytest.mark.parametrize("quick", [False, True])
-@pytest.mark.parametrize("step", [1, 2, 3])
+@pytest.mark.parametrize("step", [1, 2, 3, 4])
 def test_every_command_parses(session: ModuleType, step: int, quick: bool) -> None:
     commands = session.step_commands(step, quick)
     assert commands and len({name for name, _ in commands}) == len(commands)
@@ -38,18 +38,37 @@ def test_every_command_parses(session: ModuleType, step: int, quick: bool) -> No
         args, extra = build_parser().parse_known_args(argv[3:])
         if args.command == "train":
             cfg = configure(args.recipe, parse_overrides(extra))  # the overrides are real hyperparameters
-            assert cfg.epochs == (1 if quick else 30) and cfg.bf16 is not quick
+            assert cfg.epochs == (1 if quick else 30 if step == 1 else 4) and cfg.bf16 is not quick
         else:
             assert extra == [], f"{name}: unknown options {extra}"
         assert getattr(args, "device", "cuda" if not quick else "cpu") in (("cpu",) if quick else ("cuda",))
-        if args.command == "evaluate":
+        if args.command == "evaluate" and step != 4:
             assert (args.limit is not None) is quick  # full protocols on the GPU, toy prefixes in the check
+
+
+def test_the_determinism_step_runs_each_mode_twice_and_compares_the_pairs(
+    session: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "SURROGATE", tmp_path / "st")
+    names = [name for name, _ in session.step_commands(4, False)]
+    assert names[0] == "train-st"  # no surrogate from step 1 on this machine: a short one is trained
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "config.json").write_text("{}")
+    commands = dict(session.step_commands(4, False))
+    assert "train-st" not in commands
+    for mode in ("det", "default"):
+        for run in ("a", "b"):
+            argv = commands[f"evaluate-{mode}-{run}"]
+            assert ("--deterministic" in argv) is (mode == "det")
+            assert argv[argv.index("--out") + 1] == str(session.RUNS / f"{mode}-{run}")
+        assert commands[f"compare-{mode}"][3:6] == ["compare", str(session.RUNS / f"{mode}-a"),
+                                                   str(session.RUNS / f"{mode}-b")]  # fmt: skip
 
 
 def test_unknown_step_and_missing_data_are_named(session: ModuleType, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    with pytest.raises(SystemExit, match="unknown step 4"):
-        session.step_commands(4, False)
+    with pytest.raises(SystemExit, match="unknown step 5"):
+        session.step_commands(5, False)
     monkeypatch.setattr(session, "DATA", tmp_path / "nowhere")
     with pytest.raises(SystemExit, match="nowhere is missing: copy the CIFAR-10 mirror"):
         session.run_step(1, tmp_path / "out")
