@@ -8,12 +8,19 @@ non-zero eigenvalues are those of the K x K matrix ``A^(1/2) J J^T A^(1/2)``: an
 passes. The study compares what ``bench.metrics.smoothness`` reports, in float32 as the protocols run it, with
 that reference, for each stopping rule (``STOP_RULES``) and iteration cap; one table row per (model, rule, cap).
 
+``hessian``: the same comparison for any network, smooth activations (GELU, SiLU) included, where the Hessian
+is no longer ``J^T A J`` and can have negative eigenvalues: the reference is the full (d, d) input Hessian of
+each image, built in float64 from d Hessian-vector products, and its eigenvalues of largest magnitude (the one
+power iteration finds) and largest value. Models are submission folders (``--surrogates``) or zoo targets.
+
 ``trace``: how many Hutchinson probes does the weight-Hessian trace (seed 004's sharpness diagnostic) need? It
 draws ``--probes`` Rademacher probes (``bench.metrics.sharpness.hessian_trace``, one seed each) and reports the
 trace and the relative standard error an estimate with n probes would have (sample sd over sqrt(n)).
 
     python3 scripts/metric_study.py smoothness --weights-dir ../shared/weights/cifar10-resnet-akamaster \
         --data-dir ../shared/data/cifar10-jpeg --images 200 --iters 10 20
+    python3 scripts/metric_study.py hessian --surrogates runs/act-relu runs/act-gelu runs/act-silu \
+        --data-dir ../shared/data/cifar10-jpeg --images 50 --iters 20 50
     python3 scripts/metric_study.py trace --weights-dir ../shared/weights/cifar10-resnet-akamaster \
         --data-dir ../shared/data/cifar10-jpeg --images 200 --probes 100 --models akamaster-resnet20
 
@@ -37,9 +44,10 @@ from torch import nn
 from bench.data.cifar10 import load_cifar10
 from bench.metrics import smoothness as smoothness_module
 from bench.metrics.sharpness import hessian_trace
-from bench.metrics.smoothness import STOP_RULES, smoothness
+from bench.metrics.smoothness import STOP_RULES, hessian_vector_product, smoothness
 from bench.provenance import collect
 from bench.runner import balanced_subset
+from surrogates.submission import load_surrogate
 from targets.zoo import load_target
 
 
@@ -83,6 +91,85 @@ def exact_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return spectrum.flip(1)
 
 
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """(d, d) float64 input Hessian of CE at (x, y) for one image x (C, H, W), any differentiable model.
+
+    Column j is the Hessian-vector product with the j-th unit vector; ``chunk`` columns at a time, batched as
+    copies of the image (in eval mode each copy's HVP is its own: ``hessian_vector_product``).
+    """
+    model = copy.deepcopy(model).double()
+    x = x.double()
+    d = x.numel()
+    cols = []
+    for start in range(0, d, chunk):
+        m = min(chunk, d - start)
+        basis = torch.zeros(m, d, dtype=torch.float64)
+        basis[torch.arange(m), torch.arange(start, start + m)] = 1.0
+        hv = hessian_vector_product(model, x.expand(m, *x.shape), y.expand(m), basis.view(m, *x.shape))
+        cols.append(hv.flatten(1))  # (m, d): rows of H, which is symmetric
+    h = torch.cat(cols)  # (d, d)
+    return (h + h.T) / 2  # symmetric up to float64 rounding
+
+
+def hessian_extremes(h: torch.Tensor) -> tuple[float, float, float]:
+    """(largest-magnitude eigenvalue with its sign, largest eigenvalue, |second| / |first| by magnitude) of h."""
+    evals = torch.linalg.eigvalsh(h)  # ascending
+    by_magnitude = evals[evals.abs().argsort(descending=True)]
+    ratio = float(by_magnitude[1].abs() / by_magnitude[0].abs()) if by_magnitude[0] != 0 else 0.0
+    return float(by_magnitude[0]), float(evals[-1]), ratio
+
+
+def hessian_study(args: argparse.Namespace) -> None:
+    idx, x, y = _images(args)
+    models = [(Path(p).name, load_surrogate(p).runs[0].eval()) for p in args.surrogates]
+    models += [(n, load_target(n, weights_dir=args.weights_dir).model) for n in args.models or []]
+    rows, per_image = [], {}
+    for name, model in models:
+        start = time.perf_counter()
+        extremes = [hessian_extremes(exact_hessian(model, x[i], y[i])) for i in range(len(y))]
+        ref_seconds = time.perf_counter() - start
+        top_mag = torch.tensor([e[0] for e in extremes], dtype=torch.float64)
+        top_val = torch.tensor([e[1] for e in extremes], dtype=torch.float64)
+        gap = torch.tensor([e[2] for e in extremes], dtype=torch.float64)
+        negative = int((top_mag < 0).sum())
+        per_image[name] = {"largest_magnitude": top_mag.tolist(), "largest": top_val.tolist(),
+                           "ratio_second_first": gap.tolist(), "runs": {}}  # fmt: skip
+        print(f"{name}: exact reference in {ref_seconds:.0f} s; mean of the largest-magnitude eigenvalue "
+              f"{top_mag.mean():.4g} (of |.| {top_mag.abs().mean():.4g}); negative on {negative} of {len(y)} images; "
+              f"median |l2|/|l1| {gap.median():.3f}, > 0.9 on {int((gap > 0.9).sum())}")  # fmt: skip
+        for stop in STOP_RULES:
+            for iters in args.iters:
+                start = time.perf_counter()
+                with HvpCounter() as counter:
+                    res = smoothness(model, x, y, batch_size=100, iters=iters, tol=1e-3, ids=idx, stop=stop)
+                row = _row(name, stop, iters, res.eigenvalues, res.converged, top_mag, res.iterations, counter.count,
+                           time.perf_counter() - start)  # fmt: skip
+                row["n_exact_negative"] = negative
+                row["n_sign_wrong"] = int((torch.sign(res.eigenvalues.double()) != torch.sign(top_mag)).sum())
+                rows.append(row)
+                per_image[name]["runs"][f"{stop}/{iters}"] = {
+                    "eigenvalues": res.eigenvalues.tolist(),
+                    "converged": res.converged.tolist(),
+                }
+    _print_table(rows, extra=("n_exact_negative", "n_sign_wrong"))
+    provenance = collect(torch.device("cpu"), precision="fp32", seed=0)
+    _write(args.out, {"rows": rows, "per_image": per_image, "images": idx.tolist(), "provenance": provenance})
+
+
+def _print_table(rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> None:
+    header = ("model", "stop", "iters", "n_flagged_converged", "flagged_above_tol", "flagged_max_rel_error",
+              "n_above_1pct", "all_max_rel_error", "mean_rel_error", "hvps_per_image", *extra, "seconds")  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for r in rows:
+        cells = [r[h] for h in header]
+        print(
+            "| "
+            + " | ".join(f"{c:.2e}" if isinstance(c, float) and not math.isnan(c) else str(c) for c in cells)
+            + " |"
+        )
+
+
 def _row(name: str, stop: str, iters: int, got: torch.Tensor, flagged: torch.Tensor, exact: torch.Tensor,
          ran: int, hvps: int, seconds: float) -> dict[str, Any]:  # fmt: skip
     rel = (got.double() - exact).abs() / exact.abs()  # (N,)
@@ -100,7 +187,7 @@ def _row(name: str, stop: str, iters: int, got: torch.Tensor, flagged: torch.Ten
         "all_median_rel_error": float(rel.median()),
         "all_max_rel_error": float(rel.max()),
         "n_above_1pct": int((rel > 1e-2).sum()),
-        "mean_rel_error": float(abs(got.double().mean() - exact.mean()) / exact.mean()),
+        "mean_rel_error": float(abs(got.double().mean() - exact.mean()) / exact.mean().abs()),
     }
 
 
@@ -142,17 +229,7 @@ def smoothness_study(args: argparse.Namespace) -> None:
         close = int((gap > 0.9).sum())
         print(f"{name}: exact mean {exact.mean():.4g}, all eigenvalues >= 0: {psd}, "
               f"median lambda2/lambda1 {gap.median():.3f}, lambda2/lambda1 > 0.9: {close} images")  # fmt: skip
-    header = ("model", "stop", "iters", "n_flagged_converged", "flagged_above_tol", "flagged_max_rel_error",
-              "n_above_1pct", "all_max_rel_error", "mean_rel_error", "hvps_per_image", "seconds")  # fmt: skip
-    print("| " + " | ".join(header) + " |")
-    print("|" + " --- |" * len(header))
-    for r in rows:
-        cells = [r[h] for h in header]
-        print(
-            "| "
-            + " | ".join(f"{c:.2e}" if isinstance(c, float) and not math.isnan(c) else str(c) for c in cells)
-            + " |"
-        )
+    _print_table(rows)
     payload = {
         "rows": rows,
         "per_image": per_image,
@@ -198,20 +275,27 @@ def trace_study(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="study", required=True)
-    for name, default_out in (("smoothness", "runs/smoothness-study.json"), ("trace", "runs/trace-probes-study.json")):
+    studies = {"smoothness": smoothness_study, "hessian": hessian_study, "trace": trace_study}
+    for name in studies:
         p = sub.add_parser(name)
-        p.add_argument("--weights-dir", required=True)
         p.add_argument("--data-dir", required=True)
-        p.add_argument("--models", nargs="+", default=["akamaster-resnet20", "akamaster-resnet56"])
-        p.add_argument("--images", type=int, default=200)
-        p.add_argument("--out", default=default_out)
-        if name == "smoothness":
+        p.add_argument("--out", default=f"runs/{name}-study.json")
+        if name == "hessian":
+            p.add_argument("--surrogates", nargs="*", default=[], help="submission folders")
+            p.add_argument("--models", nargs="*", default=[], help="zoo targets (need --weights-dir)")
+            p.add_argument("--weights-dir")
+            p.add_argument("--images", type=int, default=50)
+        else:
+            p.add_argument("--weights-dir", required=True)
+            p.add_argument("--models", nargs="+", default=["akamaster-resnet20", "akamaster-resnet56"])
+            p.add_argument("--images", type=int, default=200)
+        if name in ("smoothness", "hessian"):
             p.add_argument("--iters", nargs="+", type=int, default=[20, 50, 100])
         else:
             p.add_argument("--probes", type=int, default=100)
     args = ap.parse_args()
     torch.manual_seed(0)
-    (smoothness_study if args.study == "smoothness" else trace_study)(args)
+    studies[args.study](args)
 
 
 if __name__ == "__main__":

@@ -279,6 +279,18 @@ def test_the_studys_jacobian_spectrum_is_the_exact_hessian_spectrum_of_a_relu_ne
         assert full[3:].abs().max() < 1e-12
 
 
+def test_the_studys_full_hessian_is_autograds_and_its_extremes_keep_the_sign() -> None:
+    """scripts/metric_study.py's reference for smooth activations: d HVPs = the exact Hessian (tanh + BatchNorm)."""
+    study = _metric_study()
+    model = _tanh_bn_net()
+    x, y = _data((1, 4, 4), 4, n=3)
+    for i, h in enumerate(_exact_hessians(model.double(), x.double(), y)):
+        got = study.exact_hessian(model, x[i], y[i], chunk=5)  # chunks that do not divide d = 16
+        torch.testing.assert_close(got, h, rtol=1e-9, atol=1e-12)
+    top_magnitude, top, ratio = study.hessian_extremes(torch.diag(torch.tensor([1.0, -4.0, 2.0], dtype=torch.float64)))
+    assert (top_magnitude, top, ratio) == (-4.0, 2.0, 0.5)
+
+
 def _metric_study():  # type: ignore[no-untyped-def]
     import importlib.util
     from pathlib import Path
@@ -298,14 +310,22 @@ def test_the_metric_studies_run_on_a_real_resnet(shared_cifar, shared_weights, t
     study = _metric_study()
     common = ["--weights-dir", str(shared_weights), "--data-dir", str(shared_cifar), "--images", "10",
               "--models", "akamaster-resnet20"]  # fmt: skip
-    runs = {"smoothness": ["--iters", "20"], "trace": ["--probes", "3"]}
+    runs = {"smoothness": ["--iters", "20"], "trace": ["--probes", "3"], "hessian": ["--iters", "20"]}
     for name, extra in runs.items():
         out = tmp_path / f"{name}.json"
-        monkeypatch.setattr(sys, "argv", ["metric_study.py", name, *common, *extra, "--out", str(out)])
+        args = [*common, *extra] if name != "hessian" else [*common[:4], "--images", "2", *common[6:], *extra]
+        monkeypatch.setattr(sys, "argv", ["metric_study.py", name, *args, "--out", str(out)])
         study.main()
-        rows = json.loads(out.read_text())["rows"]
-        assert len(rows) == (len(study.STOP_RULES) if name == "smoothness" else 1)
+        result = json.loads(out.read_text())
+        rows = result["rows"]
+        assert len(rows) == (1 if name == "trace" else len(study.STOP_RULES))
         if name == "smoothness":  # a ReLU ResNet: 20 iterations give the mean to well under 1 %
             assert all(r["mean_rel_error"] < 1e-2 and r["n_flagged_converged"] >= 8 for r in rows), rows
+        elif name == "hessian":  # the full Hessian's top eigenvalue is the Jacobian spectrum's (a ReLU net)
+            smooth = json.loads((tmp_path / "smoothness.json").read_text())
+            jacobian = dict(zip(smooth["images"], smooth["per_image"]["akamaster-resnet20"]["exact"], strict=True))
+            top = result["per_image"]["akamaster-resnet20"]["largest_magnitude"]
+            assert top == pytest.approx([jacobian[i] for i in result["images"]], rel=1e-8)
+            assert all(r["n_exact_negative"] == 0 and r["n_sign_wrong"] == 0 for r in rows), rows
         else:
             assert rows[0]["trace"] > 0 and len(rows[0]["samples"]) == 3

@@ -32,16 +32,22 @@ class BlockMeanPool(nn.Module):
         return x.reshape(b, c, s, h // s, s, w // s).mean((3, 5))
 
 
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
 class SmallCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 16) -> None:
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 16, act: str = "relu") -> None:
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        layer = ACTIVATIONS[act]
         self.features = nn.Sequential(
             nn.Conv2d(in_chans, width, 3, padding=1),
-            nn.ReLU(),
+            layer(),
             nn.Conv2d(width, 2 * width, 3, padding=1, stride=2),
-            nn.ReLU(),
+            layer(),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-            nn.ReLU(),
+            layer(),
             BlockMeanPool(2),
         )
         self.head = nn.Linear(8 * width, num_classes)
@@ -63,9 +69,9 @@ class MLP(nn.Module):
 
 
 @ARCHS.register("small_cnn")
-def small_cnn(num_classes: int = 10, in_chans: int = 1, width: int = 16) -> SmallCNN:
-    """Three-conv CNN with ~10k parameters (width 16)."""
-    return SmallCNN(num_classes=num_classes, in_chans=in_chans, width=width)
+def small_cnn(num_classes: int = 10, in_chans: int = 1, width: int = 16, act: str = "relu") -> SmallCNN:
+    """Three-conv CNN with ~10k parameters (width 16); ``act``: relu (default), gelu, silu or tanh."""
+    return SmallCNN(num_classes=num_classes, in_chans=in_chans, width=width, act=act)
 
 
 @ARCHS.register("mlp")
