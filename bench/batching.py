@@ -88,11 +88,14 @@ class AdaptiveBatch:
     internally (a metric that takes ``batch_size``) and calls it again from the start at half the size.
     """
 
-    def __init__(self, batch_size: int, *, device: torch.device | str = "cpu", label: str = "batch") -> None:
+    def __init__(
+        self, batch_size: int, *, device: torch.device | str = "cpu", label: str = "batch", backoff: bool = True
+    ) -> None:
         self.batch_size = _check_size(batch_size)
         self.initial = batch_size
         self.device = torch.device(device)
         self.label = label
+        self.backoff = backoff  # False: an out-of-memory error is final (a deterministic run keeps its batch shapes)
         self.events: list[Backoff] = []
 
     def map(self, fn: Callable[[slice], T], start: int, stop: int) -> list[T]:
@@ -129,6 +132,12 @@ class AdaptiveBatch:
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
+            if not self.backoff:
+                raise OutOfMemory(
+                    f"{self.label}: out of memory on {self.device} at batch size {size} (images {start}-"
+                    f"{start + size - 1}) in deterministic mode, which does not back off: a smaller batch would change "
+                    "the float rounding and so the bits. Rerun with a smaller --batch-size."
+                ) from e
             if size <= 1:
                 raise OutOfMemory(
                     f"{self.label}: out of memory on {self.device} with batch size 1 (image {start}); there is no "

@@ -541,7 +541,9 @@ def _evaluate_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", help="leaderboard directory (default: $TRANSFERBENCH_HOME/leaderboard)")
     s.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     s.add_argument(
-        "--batch-size", type=positive_int, help="images per batch (default: from free GPU memory; 256 on CPU)"
+        "--batch-size",
+        type=positive_int,
+        help="images per batch (default: from free GPU memory; 256 on CPU or with --deterministic)",
     )
     s.add_argument("--precision", choices=["fp32", "bf16"], help="default: the protocol's (records say if it differs)")
     s.add_argument("--channels-last", action="store_true", help="channels_last memory layout (a GPU speed option)")

@@ -8,10 +8,12 @@ evaluation: every op then runs a deterministic kernel, or raises where CUDA has 
 into a ``DeterminismError`` that names the model and the fix (``deterministic_error``).
 
 The benchmark's own code avoids the ops without a deterministic CUDA kernel: input diversity and the
-resizing adapter resize by matrix products (``bench.models.adapters.resize``), and global average pooling
-is ``adaptive_avg_pool2d(x, 1)``, which PyTorch computes as a mean. ``cuda_nondeterministic_ops`` checks a
+resizing adapter resize by matrix products (``bench.resample.resize``), and global average pooling is
+``adaptive_avg_pool2d(x, 1)``, which PyTorch computes as a mean. ``cuda_nondeterministic_ops`` checks a
 computation for such ops on the CPU, by recording the ATen operators it dispatches, forward and backward;
-the tests run it over every attack, metric and registered architecture, so this holds without a GPU.
+the tests run it over every attack, metric, training recipe and registered architecture, so this holds
+without a GPU. Same batch shapes are part of it: a kernel may round differently at another batch size, so a
+deterministic evaluation fixes its batch size (``bench.runner.evaluate``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +38,7 @@ NONDETERMINISTIC_CUDA_OPS = frozenset(
         "aten._adaptive_avg_pool2d_backward",
         "aten._adaptive_avg_pool3d_backward",
         "aten.adaptive_max_pool2d_backward",
+        "aten.adaptive_max_pool3d_backward",
         "aten.avg_pool3d_backward",
         "aten.fractional_max_pool2d_backward",
         "aten.fractional_max_pool3d_backward",
@@ -49,16 +53,31 @@ NONDETERMINISTIC_CUDA_OPS = frozenset(
         "aten.reflection_pad1d_backward",
         "aten.reflection_pad2d_backward",
         "aten.reflection_pad3d_backward",
-        "aten.nll_loss2d_forward",
         "aten._ctc_loss_backward",
+        "aten._embedding_bag_backward",
+        "aten._embedding_bag_dense_backward",
         "aten.put_",
+        "aten.put",
         "aten.histc",
-        "aten.bincount",
-        "aten.median",
+        "aten.kthvalue",
         "aten.grid_sampler_2d_backward",
         "aten.grid_sampler_3d_backward",
     }
 )
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+# Operators that raise only with some arguments: (func, args, kwargs) -> True where it would raise.
+CONDITIONAL_OPS: dict[str, Callable[[Any, tuple, dict], bool]] = {
+    "aten.median": lambda f, a, k: "dim" in str(f),  # the form that returns indices
+    "aten.nanmedian": lambda f, a, k: "dim" in str(f),
+    "aten.bincount": lambda f, a, k: _arg(a, k, 1, "weights") is not None,
+    "aten.nll_loss2d_forward": lambda f, a, k: _arg(a, k, 3, "reduction") != 0,  # 0 = "none"
+    "aten.scatter_reduce": lambda f, a, k: _arg(a, k, 4, "reduce") == "prod",
+}
 
 
 class DeterminismError(RuntimeError):
@@ -69,26 +88,43 @@ class _OpRecorder(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: set[str] = set()
+        self.flagged: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.ops.add(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        name = str(func.overloadpacket)
+        self.ops.add(name)
+        if name in NONDETERMINISTIC_CUDA_OPS or (name in CONDITIONAL_OPS and CONDITIONAL_OPS[name](func, args, kwargs)):
+            self.flagged.add(name)
+        return func(*args, **kwargs)
 
 
-def dispatched_ops(fn: Callable[[], Any]) -> set[str]:
-    """The ATen operators (``"aten.mean"``, ...) that ``fn()`` dispatches, backward passes included."""
+@dataclass(frozen=True)
+class OpAudit:
+    """What a computation dispatched: every ATen operator (``"aten.mean"``, ...), and those that would raise
+    under deterministic algorithms on CUDA (with the arguments it used)."""
+
+    ops: frozenset[str]
+    flagged: frozenset[str]
+
+
+def audit_ops(fn: Callable[[], Any]) -> OpAudit:
+    """Run ``fn()`` and record the operators it dispatches, backward passes included.
+
+    Run on the CPU, the flags hold for the operators that PyTorch dispatches alike on every device: it decomposes
+    composite ops (e.g. ``adaptive_avg_pool2d(x, 1)`` into a mean) before choosing a kernel. Attention is the
+    exception: ``scaled_dot_product_attention`` dispatches a CPU kernel here and flash, memory-efficient or
+    cuDNN kernels on CUDA, which PyTorch runs deterministically in deterministic mode (and whose backward can
+    vary from run to run without it). On CUDA, ``check_deterministic`` runs the real kernels in that mode.
+    """
     with _OpRecorder() as recorder:
         fn()
-    return recorder.ops
+    return OpAudit(frozenset(recorder.ops), frozenset(recorder.flagged))
 
 
-def cuda_nondeterministic_ops(fn: Callable[[], Any]) -> set[str]:
-    """The operators of ``fn()`` that would raise under deterministic algorithms on CUDA (empty: none).
-
-    Run it on the CPU: which operators a computation dispatches does not depend on the device (PyTorch
-    decomposes composite ops, e.g. ``adaptive_avg_pool2d(x, 1)`` into a mean, before choosing a kernel).
-    """
-    return dispatched_ops(fn) & NONDETERMINISTIC_CUDA_OPS
+def cuda_nondeterministic_ops(fn: Callable[[], Any]) -> frozenset[str]:
+    """The operators of ``fn()`` that would raise under deterministic algorithms on CUDA (empty: none)."""
+    return audit_ops(fn).flagged
 
 
 @contextlib.contextmanager
@@ -138,8 +174,7 @@ def deterministic_error(err: BaseException, what: str) -> DeterminismError | Non
     marker = " does not have a deterministic implementation"
     if not isinstance(err, RuntimeError) or marker not in text:
         return None
-    head = text.split(marker, 1)[0].split()
-    return _refusal(what, head[-1] if head else "an op")
+    return _refusal(what, text.split(marker, 1)[0].strip() or "an op")
 
 
 def check_deterministic(what: str, fn: Callable[[], Any]) -> None:

@@ -152,8 +152,8 @@ def math_settings() -> dict[str, Any]:
     else:
         out["cuda_matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
         out["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
-    # Determinism: on CUDA some backward kernels (adaptive average pooling, bilinear interpolation) accumulate
-    # with atomics unless deterministic algorithms are on, so two GPU runs can differ in a few outcome bits.
+    # Determinism (bench.determinism): on CUDA some kernels vary their reduction order unless deterministic
+    # algorithms are on, so two GPU runs can differ in a few outcome bits.
     out["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
     out["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
     out["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)

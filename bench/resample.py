@@ -29,9 +29,10 @@ def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
 def _resize_matrix_f64(n_in: int, n_out: int, mode: str, antialias: bool) -> torch.Tensor:
     # Image k: the k-th unit vector down its height, constant across a width of 2 kept at 2. (Width 2, not 1:
     # PyTorch's anti-aliased kernels give wrong values on a width-1 image; measured with torch 2.14.)
-    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1).expand(n_in, 1, n_in, 2).contiguous()
-    kw = {} if mode == "nearest" else {"align_corners": False, "antialias": antialias}
-    return F.interpolate(eye, size=(n_out, 2), mode=mode, **kw)[:, 0, :, 0].T.contiguous()  # (n_out, n_in)
+    with torch.inference_mode(False):  # cached: it may later enter a graph that needs gradients
+        eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1).expand(n_in, 1, n_in, 2).contiguous()
+        kw = {} if mode == "nearest" else {"align_corners": False, "antialias": antialias}
+        return F.interpolate(eye, size=(n_out, 2), mode=mode, **kw)[:, 0, :, 0].T.contiguous()  # (n_out, n_in)
 
 
 @functools.lru_cache(maxsize=256)
@@ -46,7 +47,8 @@ def resize_matrix(
     """
     if mode not in INTERPOLATIONS:
         raise ValueError(f"mode must be one of {INTERPOLATIONS}, got {mode!r}")
-    return _resize_matrix_f64(n_in, n_out, mode, antialias).to(device=device, dtype=dtype)
+    with torch.inference_mode(False):
+        return _resize_matrix_f64(n_in, n_out, mode, antialias).to(device=device, dtype=dtype)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antialias: bool = False) -> torch.Tensor:

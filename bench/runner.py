@@ -44,7 +44,7 @@ from targets.zoo import TARGETS, LoadedTarget, check_expected_accuracy
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 256  # without an explicit size, off CUDA (where free memory is not measured)
+DEFAULT_BATCH_SIZE = 256  # without an explicit size: off CUDA (free memory is not measured) and in deterministic mode
 # Cap of the batch size sized from free GPU memory: issue #7 measures a CIFAR ResNet-18 at 1,024 images per
 # batch, where an H100 is busy; larger batches mainly coarsen progress and back-off (docs/performance.md).
 MAX_AUTO_BATCH = 2048
@@ -495,7 +495,9 @@ def evaluate(
     ``channels_last``: run the models on NHWC tensors (their weights are converted in place).
     ``deterministic``: PyTorch's deterministic mode (``bench.determinism``), so that two runs on one GPU give
     identical bits; on CUDA every model is first checked on two images for ops that cannot run deterministically
-    (a ``DeterminismError`` naming it). CPU runs are deterministic either way. ``provenance.math`` records it.
+    (a ``DeterminismError`` naming it). Batch shapes change float rounding, so the batch size is then fixed
+    (``batch_size``, else ``DEFAULT_BATCH_SIZE``) and an out-of-memory error ends the run instead of backing off.
+    CPU runs are deterministic either way. ``provenance.math`` records it.
     """
     used = protocol.precision if precision is None else precision
     if used not in PRECISIONS:
@@ -556,15 +558,18 @@ def _evaluate(
     fast = [prepare(m, precision, channels_last=channels_last) for m in members]
     scorers = {n: prepare(tg.model, precision, channels_last=channels_last) for n, tg in targets.items()}
     x, y = images.images(), images.labels
-    attack_bs, metric_bs = _batch_sizes(batch_size, fast[0], members[0], x, y, device)
+    if deterministic and device.type == "cuda":  # before anything else runs the models
+        _check_deterministic(surrogate.run_names, members, fast, {n: tg.model for n, tg in targets.items()}, protocol,
+                             x[:2].to(device), y[:2].to(device), images.ids[:2])  # fmt: skip
+    if deterministic:  # same shapes in every run: a fixed batch size, never sized from free memory nor backed off
+        attack_bs = metric_bs = min(batch_size or DEFAULT_BATCH_SIZE, len(y))
+    else:
+        attack_bs, metric_bs = _batch_sizes(batch_size, fast[0], members[0], x, y, device)
     b = _Batches(
         x, y, protocol.target_labels(images.ids, y), images.ids,
-        attack=AdaptiveBatch(attack_bs, device=device, label="attack batches"),
-        metric=AdaptiveBatch(metric_bs, device=device, label="metric batches"),
+        attack=AdaptiveBatch(attack_bs, device=device, label="attack batches", backoff=not deterministic),
+        metric=AdaptiveBatch(metric_bs, device=device, label="metric batches", backoff=not deterministic),
     )  # fmt: skip
-    if deterministic and device.type == "cuda":
-        _check_deterministic(surrogate.run_names, members, fast, {n: tg.model for n, tg in targets.items()}, protocol,
-                             b.x[:2].to(device), b.y[:2].to(device), b.ids[:2])  # fmt: skip
     target_correct = {}
     target_info = {}
     data_sha = images.content_sha256()
@@ -630,7 +635,7 @@ def _evaluate(
             "math": math_settings(),
             "batch_size": b.attack.initial,
             "metric_batch_size": b.metric.initial,
-            "batch_size_from_memory": batch_size is None,
+            "batch_size_from_memory": batch_size is None and not deterministic,
             "oom_backoffs": [e.to_json() for e in b.attack.events + b.metric.events],
             "wall_time_s": time.perf_counter() - start,
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -134,9 +134,10 @@ class Comparison:
         if self.rerun_bits is not None:
             differ, total = self.rerun_bits
             lines.append(
-                f"rerun of the same submission: per-image outcomes identical ({total} bits)"
+                f"rerun of the same submission: per-image outcomes identical ({total} bits, every cell and model)"
                 if differ == 0
-                else f"rerun of the same submission: {differ} of {total} per-image outcome bits differ"
+                else f"rerun of the same submission: {differ} of {total} per-image outcome bits differ (every cell "
+                "and model)"
             )
         sections: list[tuple[str, pd.DataFrame]] = [
             (f"regressions (B significantly worse): {len(self.regressions)}", self.cells[self.cells["regression"]]),

@@ -81,6 +81,13 @@ def test_backed_off_attack_equals_a_run_without_back_off() -> None:
     assert (backed_off - whole).abs().max() <= 1e-6 or (backed_off == whole).float().mean() > 0.99
 
 
+def test_without_back_off_an_out_of_memory_error_is_final_and_names_the_fix() -> None:
+    ab = AdaptiveBatch(8, label="attack batches", backoff=False)
+    with pytest.raises(OutOfMemory, match=r"batch size 8 \(images 0-7\) in deterministic mode.*smaller --batch-size"):
+        ab.map(lambda s: _oom(s.stop - s.start, 4), 0, 16)
+    assert ab.batch_size == 8 and ab.events == []
+
+
 def test_batch_size_one_fails_with_a_message_that_names_the_size_and_the_fix() -> None:
     ab = AdaptiveBatch(8, label="metric batches")
     with pytest.raises(OutOfMemory, match=r"metric batches: out of memory on cpu with batch size 1 \(image 5\)") as e:

@@ -192,9 +192,11 @@ def test_resize_input_anti_aliases_only_when_it_shrinks() -> None:
     aliased = torch.nn.functional.interpolate(stripes, size=(10, 10), mode="bilinear", align_corners=False)
     assert aliased[..., 1:-1].std() > 0.25  # plain bilinear sampling: stripes of 0s and 1s survive (measured 0.30)
     assert small[..., 1:-1].std() < 0.02  # anti-aliased: the stripes average to grey (measured 0.008)
-    big = ResizeInput(torch.nn.Identity(), (64, 64), "bilinear")(stripes)
-    plain = torch.nn.functional.interpolate(stripes, size=(64, 64), mode="bilinear", align_corners=False)
-    assert torch.allclose(big, plain, atol=1e-6)  # enlarging: as before, no anti-aliasing
+    # Enlarging: no anti-aliasing. (Bicubic tells: its anti-aliased form uses another kernel, a = -0.5 not -0.75.)
+    big = ResizeInput(torch.nn.Identity(), (64, 64), "bicubic")(stripes)
+    plain = torch.nn.functional.interpolate(stripes, size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1)
+    smoothed = torch.nn.functional.interpolate(stripes, size=(64, 64), mode="bicubic", antialias=True).clamp(0, 1)
+    assert (big - plain).abs().max() < 1e-5 and (big - smoothed).abs().max() > 0.05
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from bench.determinism import CUBLAS_WORKSPACE_CONFIG, DeterminismError
 from bench.metrics.asr import transfer_rates, unpack_bits
 from bench.models import build_model
 from bench.protocol import get_protocol
-from bench.runner import EvaluationError, _check_deterministic, evaluate
+from bench.runner import DEFAULT_BATCH_SIZE, EvaluationError, _check_deterministic, evaluate
 from leaderboard.store import LocalStore
 from surrogates.submission import load_surrogate, save_group, save_surrogate
 from targets.zoo import LoadedTarget, load_target
@@ -111,6 +111,9 @@ def test_deterministic_mode_is_recorded_restored_and_changes_nothing_on_a_cpu(wo
     assert det.provenance["math"]["cudnn_benchmark"] is False
     assert default.provenance["math"]["deterministic_algorithms"] is False
     assert not torch.are_deterministic_algorithms_enabled()  # switched back off after the run
+    auto = _evaluate(world, world["folders"]["sur-a"], deterministic=True)  # no batch size given: a fixed one
+    assert auto.provenance["batch_size"] == min(DEFAULT_BATCH_SIZE, LIMIT)
+    assert auto.provenance["batch_size_from_memory"] is False
 
 
 def test_the_determinism_check_names_the_target_that_cannot_run_deterministically(world) -> None:

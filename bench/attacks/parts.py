@@ -103,10 +103,10 @@ class DiverseInputs:
         apply = rng.uniform(seed, "diversity", ids + (1 << 31), step, 1)[:, 0].to(x.device) < self.p  # (B,)
         # Resize to size_i, pad onto the canvas and resize back to w, per axis one (w, w) matrix per image:
         # out_i = Ay_i @ x_i @ Ax_i^T, a deterministic backward on CUDA (bench.resample).
-        back = resize_matrix(canvas, w, device=x.device, dtype=x.dtype)  # (w, canvas)
-        ay = back @ placement_matrices(size, top, canvas, w, device=x.device, dtype=x.dtype)  # (B, w, w)
-        ax = back @ placement_matrices(size, left, canvas, w, device=x.device, dtype=x.dtype)
         with no_autocast(x.device):
+            back = resize_matrix(canvas, w, device=x.device, dtype=x.dtype)  # (w, canvas)
+            ay = back @ placement_matrices(size, top, canvas, w, device=x.device, dtype=x.dtype)  # (B, w, w)
+            ax = back @ placement_matrices(size, left, canvas, w, device=x.device, dtype=x.dtype)
             out = ay[:, None] @ x @ ax[:, None].transpose(-1, -2)  # (B, C, H, W)
         return torch.where(apply.view(b, 1, 1, 1), out, x)
 
@@ -126,7 +126,7 @@ def placement_matrices(
     rows = torch.arange(canvas).view(1, -1) - offset.view(-1, 1)  # (B, canvas): row of the resized image
     inside = (rows >= 0) & (rows < size.view(-1, 1))
     which = torch.searchsorted(sizes, size).view(-1, 1)  # (B, 1) index into the stack
-    mats = stack[which.to(stack.device), rows.clamp(0, canvas - 1).to(stack.device)]  # (B, canvas, n_in)
+    mats = stack[which.to(stack.device), rows.clamp(0, stack.shape[1] - 1).to(stack.device)]  # (B, canvas, n_in)
     return mats * inside.to(device=stack.device, dtype=dtype).unsqueeze(-1)
 
 
@@ -134,10 +134,12 @@ def placement_matrices(
 def _resize_stack(
     sizes: tuple[int, ...], canvas: int, n_in: int, device: torch.device | None, dtype: torch.dtype
 ) -> torch.Tensor:
-    """(len(sizes), canvas, n_in): the resize matrices n_in -> s, zero-padded below to ``canvas`` rows."""
-    stack = torch.zeros(len(sizes), canvas, n_in, dtype=dtype, device=device)
-    for k, s in enumerate(sizes):
-        stack[k, :s] = resize_matrix(n_in, s, device=device, dtype=dtype)
+    """(len(sizes), rows, n_in): the resize matrices n_in -> s, zero-padded below to ``rows = max(canvas, *sizes)``
+    rows. Built outside inference mode: the cached tensor may later enter a graph that needs gradients."""
+    with torch.inference_mode(False):
+        stack = torch.zeros(len(sizes), max(canvas, *sizes), n_in, dtype=dtype, device=device)
+        for k, s in enumerate(sizes):
+            stack[k, :s] = resize_matrix(n_in, s, device=device, dtype=dtype)
     return stack
 
 
