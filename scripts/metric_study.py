@@ -10,8 +10,9 @@ that reference, for each stopping rule (``STOP_RULES``) and iteration cap; one t
 
 ``hessian``: the same comparison for any network, smooth activations (GELU, SiLU) included, where the Hessian
 is no longer ``J^T A J`` and can have negative eigenvalues: the reference is the full (d, d) input Hessian of
-each image, built in float64 from d Hessian-vector products, and its eigenvalues of largest magnitude (the one
-power iteration finds) and largest value. Models are submission folders (``--surrogates``) or zoo targets.
+each image, built in float64 by forward-over-reverse differentiation (``torch.func``), and its eigenvalues of
+largest magnitude (the one power iteration finds) and largest value. Models are submission folders
+(``--surrogates``) or zoo targets.
 
 ``trace``: how many Hutchinson probes does the weight-Hessian trace (seed 004's sharpness diagnostic) need? It
 draws ``--probes`` Rademacher probes (``bench.metrics.sharpness.hessian_trace``, one seed each) and reports the
@@ -39,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.data.cifar10 import load_cifar10
 from bench.metrics import smoothness as smoothness_module
 from bench.metrics.sharpness import hessian_trace
-from bench.metrics.smoothness import STOP_RULES, hessian_vector_product, smoothness
+from bench.metrics.smoothness import STOP_RULES, smoothness
 from bench.provenance import collect
 from bench.runner import balanced_subset
 from surrogates.submission import load_surrogate
@@ -91,23 +93,22 @@ def exact_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return spectrum.flip(1)
 
 
-def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """(d, d) float64 input Hessian of CE at (x, y) for one image x (C, H, W), any differentiable model.
 
-    Column j is the Hessian-vector product with the j-th unit vector; ``chunk`` columns at a time, batched as
-    copies of the image (in eval mode each copy's HVP is its own: ``hessian_vector_product``).
+    Forward-over-reverse with ``torch.func`` (a JVP of the gradient per unit vector, ``chunk`` at a time): an
+    independent computation from the metric's own reverse-over-reverse Hessian-vector products.
     """
     model = copy.deepcopy(model).double()
     x = x.double()
-    d = x.numel()
-    cols = []
-    for start in range(0, d, chunk):
-        m = min(chunk, d - start)
-        basis = torch.zeros(m, d, dtype=torch.float64)
-        basis[torch.arange(m), torch.arange(start, start + m)] = 1.0
-        hv = hessian_vector_product(model, x.expand(m, *x.shape), y.expand(m), basis.view(m, *x.shape))
-        cols.append(hv.flatten(1))  # (m, d): rows of H, which is symmetric
-    h = torch.cat(cols)  # (d, d)
+    target = y.reshape(1)
+
+    def loss(z: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(z.unsqueeze(0)), target)
+
+    basis = torch.eye(x.numel(), dtype=torch.float64).view(-1, *x.shape)  # (d, C, H, W)
+    column = torch.func.vmap(lambda v: torch.func.jvp(torch.func.grad(loss), (x,), (v,))[1], chunk_size=chunk)
+    h = column(basis).reshape(x.numel(), x.numel())
     return (h + h.T) / 2  # symmetric up to float64 rounding
 
 
