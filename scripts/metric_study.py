@@ -99,7 +99,7 @@ def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int
     Forward-over-reverse with ``torch.func`` (a JVP of the gradient per unit vector, ``chunk`` at a time): an
     independent computation from the metric's own reverse-over-reverse Hessian-vector products.
     """
-    model = copy.deepcopy(model).double()
+    model = copy.deepcopy(model).double().requires_grad_(False)  # derivatives in x only: no graph over weights
     x = x.double()
     target = y.reshape(1)
 
