@@ -7,8 +7,9 @@ What is measured, all in one process on one device (``docs/performance.md`` has 
   (one forward and one input-backward pass) per image times images, per second. torchattacks runs once per
   attack in float32 under PyTorch's default math settings (its users' setting: on NVIDIA GPUs cuDNN may use
   TF32 for convolutions by default); ours runs at every requested *setting* (precision, channels_last,
-  torch.compile). Each row gives the ratio to torchattacks and the fraction of the device's dense bf16 peak
-  that the throughput implies, with the FLOPs of one image-step counted by ``FlopCounterMode`` on the model.
+  torch.compile, deterministic mode). Each row gives the ratio to torchattacks and the fraction of the device's
+  dense bf16 peak that the throughput implies, with the FLOPs of one image-step counted by ``FlopCounterMode``
+  on the model.
   A reference check runs PGD without random start in fp32 in both libraries on the same inputs and reports
   the largest difference of the adversarial images: the two sides compute the same thing.
 - **metrics**: input-Hessian smoothness (power iteration, ``tol=0`` so that every iteration runs) and gradient
@@ -47,6 +48,7 @@ from torch import nn
 from bench import provenance
 from bench.attacks import attack_cost, run_attack
 from bench.batching import AdaptiveBatch
+from bench.determinism import deterministic_algorithms
 from bench.metrics.asr import unpack_bits
 from bench.metrics.similarity import gradient_similarity_many
 from bench.metrics.smoothness import smoothness
@@ -72,11 +74,13 @@ TORCHATTACKS_NAMES = {"pgd": "PGD", "mifgsm": "MIFGSM", "dim": "DIFGSM"}
 
 @dataclass(frozen=True)
 class Setting:
-    """How our attacks run: a precision plus the channels_last layout and torch.compile, written e.g. ``bf16+cl``."""
+    """How our attacks run: a precision plus the channels_last layout, torch.compile and PyTorch's deterministic
+    mode (``bench.determinism``), written e.g. ``bf16+cl`` or ``fp32+det``."""
 
     precision: str = "fp32"
     channels_last: bool = False
     compiled: bool = False
+    deterministic: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Setting:
@@ -84,15 +88,16 @@ class Setting:
         try:
             _check_precision(precision)
         except ValueError as e:
-            raise ValueError(f"setting {text!r}: {e} (then optional +cl, +compile)") from None
-        unknown = [f for f in flags if f not in ("cl", "compile")]
+            raise ValueError(f"setting {text!r}: {e} (then optional +cl, +compile, +det)") from None
+        unknown = [f for f in flags if f not in ("cl", "compile", "det")]
         if unknown:
-            raise ValueError(f"setting {text!r}: unknown part(s) {unknown}; write PRECISION[+cl][+compile]")
-        return cls(precision, "cl" in flags, "compile" in flags)
+            raise ValueError(f"setting {text!r}: unknown part(s) {unknown}; write PRECISION[+cl][+compile][+det]")
+        return cls(precision, "cl" in flags, "compile" in flags, "det" in flags)
 
     @property
     def name(self) -> str:
-        return "+".join([self.precision] + ["cl"] * self.channels_last + ["compile"] * self.compiled)
+        flags = ["cl"] * self.channels_last + ["compile"] * self.compiled + ["det"] * self.deterministic
+        return "+".join([self.precision, *flags])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -241,7 +246,7 @@ def bench_attacks(
                 copy.deepcopy(model), setting.precision, channels_last=setting.channels_last, compiled=setting.compiled
             )
             attack = ours(name, fast, eps, steps)
-            with ieee_fp32():
+            with ieee_fp32(), deterministic_algorithms(setting.deterministic):
                 # a compiled model compiles on its first two calls (forward, then backward graphs): never timed
                 warm = max(warmup, 2 * setting.compiled)
                 secs = time_call(lambda attack=attack: attack(x, y), device, warmup=warm, repeats=repeats)
@@ -361,6 +366,7 @@ def precision_agreement(reference: Record, other: Record) -> dict[str, Any]:
         "reference": reference.provenance["precision"],
         "other": other.provenance["precision"],
         "other_channels_last": other.provenance.get("channels_last", False),
+        "other_deterministic": bool(other.provenance.get("math", {}).get("deterministic_algorithms", False)),
         "asr": asr,
         "n_images": n,
         "max_abs_diff_points": worst,
@@ -481,7 +487,7 @@ def _protocol_run(
     t0 = time.perf_counter()
     rec = evaluate(surrogate, protocol, data, targets, device=device, batch_size=args.protocol_batch,
                    limit=args.limit, progress=not args.quiet, precision=setting.precision,
-                   channels_last=setting.channels_last)  # fmt: skip
+                   channels_last=setting.channels_last, deterministic=setting.deterministic)  # fmt: skip
     synchronize(device)
     wall = time.perf_counter() - t0
     n = rec.data["n_images"]
@@ -517,7 +523,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[Setting("fp32"), Setting("bf16"), Setting("bf16", channels_last=True)],
         type=_setting,
-        help="our settings: PRECISION[+cl][+compile], PRECISION in fp32, bf16",
+        help="our settings: PRECISION[+cl][+compile][+det], PRECISION in fp32, bf16 (+det: deterministic mode)",
     )
     parser.add_argument("--attacks", nargs="+", choices=sorted(TORCHATTACKS_NAMES), default=["pgd", "mifgsm", "dim"])
     parser.add_argument("--no-torchattacks", action="store_true", help="time ours only")

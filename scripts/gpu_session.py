@@ -5,8 +5,8 @@
 Steps (run them in order on one machine; later steps reuse the surrogate of step 1 from ``runs/``):
 
 1. ``transferbench train st`` (the fast-training floor of #6), then the full ``cifar10`` protocol (#2)
-2. ``transferbench benchmark``: attacks and metrics vs torchattacks, then the whole protocol and the
-   bf16-vs-fp32 agreement (#7)
+2. ``transferbench benchmark``: attacks (fp32, fp32 in deterministic mode, bf16, bf16 + channels-last) and
+   metrics vs torchattacks, then the whole protocol and the bf16-vs-fp32 agreement (#7)
 3. the ``cifar10-ext`` and ``cifar10-autoattack`` protocols on the same surrogate (#5)
 4. determinism: the ``cifar10`` protocol on a prefix of its images, twice with ``--deterministic`` and twice
    without, then ``compare`` of each pair (how many per-image outcome bits differ; the time it costs). It trains
@@ -76,7 +76,8 @@ def step_commands(step: int, quick: bool) -> list[tuple[str, list[str]]]:
     if step == 2:
         small = "--batch 16 --steps 2 --repeats 1 --warmup 0 --smoothness-images 8 --similarity-images 8"
         small += " --similarity-targets 1"
-        bench = ["benchmark", "--device", dev, "--quiet", *(tiny + small.split() if quick else [])]
+        settings = ["--settings", "fp32", "fp32+det", "bf16", "bf16+cl"]  # +det: the cost of deterministic mode
+        bench = ["benchmark", "--device", dev, "--quiet", *settings, *(tiny + small.split() if quick else [])]
         protocol = f"benchmark --measure protocol agreement --protocol cifar10 --surrogate {SURROGATE}".split()
         # bf16 has no native support on most CPUs (about 18x slower than fp32 there): the quick check times fp32
         # and the channels-last bf16 path only, so it fits its budget on a busy 2-core machine.

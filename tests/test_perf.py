@@ -35,6 +35,8 @@ def test_settings_parse_and_name_themselves() -> None:
     s = Setting.parse("bf16+cl+compile")
     assert (s.precision, s.channels_last, s.compiled) == ("bf16", True, True) and s.name == "bf16+cl+compile"
     assert Setting.parse("fp32") == Setting() and Setting.parse("fp32+cl").name == "fp32+cl"
+    det = Setting.parse("fp32+det")
+    assert det.deterministic and not det.channels_last and det.name == "fp32+det"
     with pytest.raises(ValueError, match=r"setting 'fp16'.*fp32, bf16"):
         Setting.parse("fp16")
     with pytest.raises(ValueError, match=r"unknown part\(s\) \['nhwc'\]"):
@@ -116,10 +118,14 @@ def test_the_attack_benchmark_runs_and_records_everything(tmp_path: Path, capsys
 def test_without_torchattacks_ours_is_timed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(perf, "_torchattacks_version", lambda: None)
     args = _args("--device", "cpu", "--arch-kwargs", '{"width": 4}', "--batch", "4", "--steps", "1", "--warmup", "0",
-                 "--repeats", "1", "--attacks", "pgd", "--settings", "fp32", "--measure", "attacks")  # fmt: skip
+                 "--repeats", "1", "--attacks", "pgd", "--settings", "fp32", "fp32+det",
+                 "--measure", "attacks")  # fmt: skip
     result = perf.measure(args)
     assert result["torchattacks"] is None and "reference_check" not in result
-    assert [(r["implementation"], r["vs_torchattacks"]) for r in result["attacks"]] == [("transferbench", None)]
+    rows = result["attacks"]
+    assert [(r["implementation"], r["vs_torchattacks"]) for r in rows] == [("transferbench", None)] * 2
+    assert [r["math"]["deterministic_algorithms"] for r in rows] == [False, True]  # +det: timed in that mode
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_a_metric_that_runs_out_of_memory_is_timed_at_the_size_that_fits() -> None:
@@ -156,21 +162,25 @@ def test_protocol_mode_times_each_setting_and_measures_the_precision_agreement(t
     weights.parent.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in _mlp(128, 103).net.state_dict().items()}, str(weights))
     out = tmp_path / "protocol.json"
-    args = _args("--device", "cpu", "--measure", "agreement", "--settings", "bf16", "--protocol", "smoke-digits",
-                 "--limit", "40", "--targets", "smoke-mlp", "--surrogate", str(_surrogate(tmp_path / "sur")),
-                 "--metric-images", "8", "--quiet", "--out", str(out))  # fmt: skip
+    args = _args("--device", "cpu", "--measure", "agreement", "--settings", "bf16", "fp32+det",
+                 "--protocol", "smoke-digits", "--limit", "40", "--targets", "smoke-mlp",
+                 "--surrogate", str(_surrogate(tmp_path / "sur")), "--metric-images", "8", "--quiet",
+                 "--out", str(out))  # fmt: skip
     assert perf.run(args) == 0
     result = json.loads(out.read_text())
-    assert result["settings"] == ["fp32", "bf16"]  # agreement adds the fp32 reference
+    assert result["settings"] == ["fp32", "bf16", "fp32+det"]  # agreement adds the fp32 reference
     runs = result["protocol"]["runs"]
-    assert [r["setting"] for r in runs] == ["fp32", "bf16"]
+    assert [r["setting"] for r in runs] == ["fp32", "bf16", "fp32+det"]
     assert all(r["n_images"] == 40 and r["cells"] == 18 and r["seconds"] > 0 for r in runs)
     assert runs[0]["extrapolated_full_s"] == pytest.approx(runs[0]["seconds"] * 599 / 40)
     base = get_protocol("smoke-digits")
     small = dataclasses.replace(base, targets=("smoke-mlp",), smoothness_images=8, similarity_images=8,
                                 weight_sharpness=dataclasses.replace(base.weight_sharpness, images=8))  # fmt: skip
     assert runs[0]["protocol_sha256"] == runs[1]["protocol_sha256"] == small.sha256  # --targets, --metric-images
-    [agreement] = result["protocol"]["agreement"]
+    agreement, det = result["protocol"]["agreement"]
+    assert (det["other"], det["other_deterministic"], det["max_abs_diff_points"]) == ("fp32", True, 0)  # on a CPU
+    assert agreement["other_deterministic"] is False
+    assert all(c["flipped_outcomes"] == 0 for c in det["cells"].values())
     assert (agreement["reference"], agreement["other"], agreement["n_images"]) == ("fp32", "bf16", 40)
     assert len(agreement["cells"]) == 18 and set(agreement["target_clean_accuracy_diff_points"]) == {"smoke-mlp"}
     worst = max(c["max_abs_diff_points"] for c in agreement["cells"].values() if c["max_abs_diff_points"] is not None)
