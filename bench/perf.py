@@ -48,7 +48,7 @@ from torch import nn
 from bench import provenance
 from bench.attacks import attack_cost, run_attack
 from bench.batching import AdaptiveBatch
-from bench.determinism import deterministic_algorithms
+from bench.determinism import CUBLAS_WORKSPACE_CONFIG, deterministic_algorithms
 from bench.metrics.asr import unpack_bits
 from bench.metrics.similarity import gradient_similarity_many
 from bench.metrics.smoothness import smoothness
@@ -718,7 +718,7 @@ def format_table(result: dict[str, Any]) -> str:
         )
     for a in result.get("protocol", {}).get("agreement", []):
         res = max((c["points_per_image"] for c in a["cells"].values()), default=0.0)
-        other = a["other"] + ("+cl" if a["other_channels_last"] else "")
+        other = a["other"] + ("+cl" if a["other_channels_last"] else "") + ("+det" if a["other_deterministic"] else "")
         lines.append(
             f"agreement {other} vs {a['reference']} ({a['asr']} ASR, {a['n_images']} images): max |diff| "
             f"{a['max_abs_diff_points']:.2f} points over cells and targets (one image = up to {res:.2f} points); "
@@ -747,6 +747,8 @@ def _jsonable(value: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """``transferbench benchmark``: measure, print the table, write ``--out``. Returns the exit code."""
+    if any(s.deterministic for s in args.settings):  # cuBLAS reads it when it creates its workspace: set it first
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
     result = measure(args)
     print(format_table(result))
     if args.out:

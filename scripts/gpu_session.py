@@ -101,7 +101,8 @@ def step_commands(step: int, quick: bool) -> list[tuple[str, list[str]]]:
             commands.append(("train-st", _tb(*train.split(), *size.split(), *tiny, "--overwrite")))
         for mode, flag in (("det", ["--deterministic"]), ("default", [])):
             for run in ("a", "b"):
-                out = ["--out", str(RUNS / f"{mode}-{run}")]
+                # One batch size for all four: times and bits then differ by the mode alone, not by batch shapes.
+                out = ["--batch-size", "256", "--out", str(RUNS / f"{mode}-{run}")]
                 cmd = _tb("evaluate", str(SURROGATE), "--protocol", "cifar10", *io, *prefix, *flag, *out, "--overwrite")
                 commands.append((f"evaluate-{mode}-{run}", cmd))
         for mode in ("det", "default"):

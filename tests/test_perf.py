@@ -156,8 +156,12 @@ def _surrogate(folder: Path) -> Path:
                           input_size=(1, 8, 8), arch_kwargs={"hidden": 32})  # fmt: skip
 
 
-def test_protocol_mode_times_each_setting_and_measures_the_precision_agreement(tmp_path: Path) -> None:
+def test_protocol_mode_times_each_setting_and_measures_the_precision_agreement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """smoke-digits with one quickly trained MLP target (in the demo's place) and an MLP surrogate."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "placeholder")  # so that teardown removes what run() sets
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     weights = Path(os.environ["TRANSFERBENCH_HOME"]) / "demo" / "targets" / "smoke-mlp.safetensors"
     weights.parent.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in _mlp(128, 103).net.state_dict().items()}, str(weights))
@@ -167,6 +171,8 @@ def test_protocol_mode_times_each_setting_and_measures_the_precision_agreement(t
                  "--surrogate", str(_surrogate(tmp_path / "sur")), "--metric-images", "8", "--quiet",
                  "--out", str(out))  # fmt: skip
     assert perf.run(args) == 0
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # set before any work, for the +det setting
+    assert "agreement fp32+det vs fp32" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["settings"] == ["fp32", "bf16", "fp32+det"]  # agreement adds the fp32 reference
     runs = result["protocol"]["runs"]

@@ -280,7 +280,7 @@ def test_the_studys_jacobian_spectrum_is_the_exact_hessian_spectrum_of_a_relu_ne
 
 
 def test_the_studys_full_hessian_is_autograds_and_its_extremes_keep_the_sign() -> None:
-    """scripts/metric_study.py's reference for smooth activations: d HVPs = the exact Hessian (tanh + BatchNorm)."""
+    """scripts/metric_study.py's reference for smooth activations (forward-over-reverse) = autograd's Hessian."""
     study = _metric_study()
     model = _tanh_bn_net()
     x, y = _data((1, 4, 4), 4, n=3)
