@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from bench.determinism import CUBLAS_WORKSPACE_CONFIG, deterministic_algorithms
+from bench.determinism import deterministic_algorithms, reserve_cublas_workspace
 from bench.protocol import PROTOCOLS, get_protocol
 from targets.zoo import ACCURACY_TOLERANCE as TARGET_TOLERANCE
 
@@ -560,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.params = extra
     if getattr(args, "deterministic", False):  # cuBLAS reads it when it creates its workspace: before any CUDA work
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+        reserve_cublas_workspace()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

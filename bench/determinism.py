@@ -127,6 +127,12 @@ def cuda_nondeterministic_ops(fn: Callable[[], Any]) -> frozenset[str]:
     return audit_ops(fn).flagged
 
 
+def reserve_cublas_workspace() -> None:
+    """Set ``CUBLAS_WORKSPACE_CONFIG`` unless the environment has one. cuBLAS reads it when it creates its
+    workspace, so callers that will run deterministically (the CLI) call this before any CUDA work."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+
+
 @contextlib.contextmanager
 def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
     """PyTorch's deterministic mode for the duration (a no-op when not ``enabled``); restores the settings.
@@ -146,8 +152,7 @@ def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
         torch.backends.cudnn.benchmark,
     )
     set_env = "CUBLAS_WORKSPACE_CONFIG" not in os.environ
-    if set_env:
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+    reserve_cublas_workspace()
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
@@ -177,6 +182,19 @@ def deterministic_error(err: BaseException, what: str) -> DeterminismError | Non
     return _refusal(what, text.split(marker, 1)[0].strip() or "an op")
 
 
+@contextlib.contextmanager
+def refusals_named(what: str) -> Iterator[None]:
+    """PyTorch's refusal of an op in deterministic mode, raised inside, becomes a ``DeterminismError`` naming
+    ``what`` (``deterministic_error``); every other error passes through unchanged."""
+    try:
+        yield
+    except RuntimeError as e:
+        converted = deterministic_error(e, what)
+        if converted is None:
+            raise
+        raise converted from e
+
+
 def check_deterministic(what: str, fn: Callable[[], Any]) -> None:
     """Run ``fn()`` (a forward and backward pass of ``what``) and raise a ``DeterminismError`` naming ``what`` if
     it dispatches an op without a deterministic CUDA kernel, or if PyTorch refuses one while running it.
@@ -184,12 +202,7 @@ def check_deterministic(what: str, fn: Callable[[], Any]) -> None:
     Used before a deterministic evaluation on CUDA, on a couple of images, so that a model that cannot run
     deterministically fails in seconds, by name, instead of partway through the grid.
     """
-    try:
+    with refusals_named(what):
         found = cuda_nondeterministic_ops(fn)
-    except RuntimeError as e:
-        converted = deterministic_error(e, what)
-        if converted is None:
-            raise
-        raise converted from e
     if found:
         raise _refusal(what, ", ".join(sorted(found)))

@@ -48,7 +48,7 @@ from torch import nn
 from bench import provenance
 from bench.attacks import attack_cost, run_attack
 from bench.batching import AdaptiveBatch
-from bench.determinism import CUBLAS_WORKSPACE_CONFIG, deterministic_algorithms
+from bench.determinism import deterministic_algorithms, reserve_cublas_workspace
 from bench.metrics.asr import unpack_bits
 from bench.metrics.similarity import gradient_similarity_many
 from bench.metrics.smoothness import smoothness
@@ -748,7 +748,7 @@ def _jsonable(value: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     """``transferbench benchmark``: measure, print the table, write ``--out``. Returns the exit code."""
     if any(s.deterministic for s in args.settings):  # cuBLAS reads it when it creates its workspace: set it first
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+        reserve_cublas_workspace()
     result = measure(args)
     print(format_table(result))
     if args.out:

@@ -30,7 +30,7 @@ from bench.batching import AdaptiveBatch, fit_batch_size
 from bench.checks import check_logits, check_model
 from bench.data import ImageSet
 from bench.data.sources import DATASETS, load_dataset_for
-from bench.determinism import check_deterministic, deterministic_algorithms, deterministic_error
+from bench.determinism import check_deterministic, deterministic_algorithms, refusals_named
 from bench.metrics.asr import Rate, pack_bits, transfer_rates
 from bench.metrics.sharpness import hessian_top_eigenvalue, hessian_trace
 from bench.metrics.similarity import gradient_similarity_many
@@ -504,16 +504,12 @@ def evaluate(
         raise EvaluationError(f"unknown precision {used!r}; use one of {', '.join(PRECISIONS)}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise EvaluationError(f"batch_size must be a positive int or None (sized from free memory), got {batch_size!r}")
-    with ieee_fp32(), deterministic_algorithms(deterministic):
-        try:
-            return _evaluate(surrogate, protocol, data, targets, device=torch.device(device), batch_size=batch_size,
-                             limit=limit, progress=progress, precision=used, channels_last=channels_last,
-                             deterministic=deterministic)  # fmt: skip
-        except RuntimeError as e:  # an op refused by deterministic mode that the check on two images did not meet
-            converted = deterministic_error(e, f"the evaluation of {surrogate.name} (surrogate or a target)")
-            if converted is None:
-                raise
-            raise converted from e
+    # refusals_named: an op refused by deterministic mode that the check on two images did not meet
+    refused = refusals_named(f"the evaluation of {surrogate.name} (surrogate or a target)")
+    with ieee_fp32(), deterministic_algorithms(deterministic), refused:
+        return _evaluate(surrogate, protocol, data, targets, device=torch.device(device), batch_size=batch_size,
+                         limit=limit, progress=progress, precision=used, channels_last=channels_last,
+                         deterministic=deterministic)  # fmt: skip
 
 
 def _evaluate(
