@@ -121,13 +121,15 @@ def placement_matrices(
     size, offset = size.cpu().long(), offset.cpu().long()
     if ((size < 1) | (offset < 0)).any():
         raise ValueError(f"need sizes >= 1 and offsets >= 0, got sizes {size.tolist()}, offsets {offset.tolist()}")
-    sizes = torch.unique(size)  # sorted
-    stack = _resize_stack(tuple(sizes.tolist()), canvas, n_in, device, dtype)  # (S, canvas, n_in)
-    rows = torch.arange(canvas).view(1, -1) - offset.view(-1, 1)  # (B, canvas): row of the resized image
-    inside = (rows >= 0) & (rows < size.view(-1, 1))
-    which = torch.searchsorted(sizes, size).view(-1, 1)  # (B, 1) index into the stack
-    mats = stack[which.to(stack.device), rows.clamp(0, stack.shape[1] - 1).to(stack.device)]  # (B, canvas, n_in)
-    return mats * inside.to(device=stack.device, dtype=dtype).unsqueeze(-1)
+    sizes = torch.unique(size)  # sorted; the cache key, so it stays on the CPU
+    stack = _resize_stack(tuple(sizes.tolist()), canvas, n_in, device, dtype)  # (S, rows, n_in)
+    # Only the (B,) integers travel to the device; the (B, canvas) indices are built there.
+    which = torch.searchsorted(sizes, size).to(stack.device).view(-1, 1)  # (B, 1) index into the stack
+    size, offset = size.to(stack.device).view(-1, 1), offset.to(stack.device).view(-1, 1)
+    rows = torch.arange(canvas, device=stack.device).view(1, -1) - offset  # (B, canvas): row of the resized image
+    inside = (rows >= 0) & (rows < size)
+    mats = stack[which, rows.clamp(0, stack.shape[1] - 1)]  # (B, canvas, n_in)
+    return mats * inside.to(dtype).unsqueeze(-1)
 
 
 @functools.lru_cache(maxsize=32)
