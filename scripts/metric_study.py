@@ -47,7 +47,7 @@ from bench.data.cifar10 import load_cifar10
 from bench.metrics import smoothness as smoothness_module
 from bench.metrics.sharpness import hessian_trace
 from bench.metrics.similarity import margin_cross_entropy
-from bench.metrics.smoothness import STOP_RULES, smoothness
+from bench.metrics.smoothness import STOP_RULES, SmoothnessResult, smoothness
 from bench.provenance import collect
 from bench.runner import balanced_subset
 from surrogates.submission import load_surrogate
@@ -140,23 +140,31 @@ def hessian_study(args: argparse.Namespace) -> None:
         print(f"{name}: exact reference in {ref_seconds:.0f} s; mean of the largest-magnitude eigenvalue "
               f"{top_mag.mean():.4g} (of |.| {top_mag.abs().mean():.4g}); negative on {negative} of {len(y)} images; "
               f"median |l2|/|l1| {gap.quantile(0.5):.3f}, > 0.9 on {int((gap > 0.9).sum())}")  # fmt: skip
-        for stop in STOP_RULES:
-            for iters in args.iters:
-                start = time.perf_counter()
-                with HvpCounter() as counter:
-                    res = smoothness(model, x, y, batch_size=100, iters=iters, tol=1e-3, ids=idx, stop=stop)
-                row = _row(name, stop, iters, res.eigenvalues, res.converged, top_mag, res.iterations, counter.count,
-                           time.perf_counter() - start)  # fmt: skip
-                row["n_exact_negative"] = negative
-                row["n_sign_wrong"] = int((torch.sign(res.eigenvalues.double()) != torch.sign(top_mag)).sum())
-                rows.append(row)
-                per_image[name]["runs"][f"{stop}/{iters}"] = {
-                    "eigenvalues": res.eigenvalues.tolist(),
-                    "converged": res.converged.tolist(),
-                }
+        for row, res in _power_iteration_runs(name, model, x, y, idx, top_mag, args.iters, per_image[name]["runs"]):
+            row["n_exact_negative"] = negative
+            row["n_sign_wrong"] = int((torch.sign(res.eigenvalues.double()) != torch.sign(top_mag)).sum())
+            rows.append(row)
     _print_table(rows, extra=("magnitude_mean_rel_error", "n_exact_negative", "n_sign_wrong"))
-    provenance = collect(torch.device("cpu"), precision="fp32", seed=0)
-    _write(args.out, {"rows": rows, "per_image": per_image, "images": idx.tolist(), "provenance": provenance})
+    _write(args.out, {"rows": rows, "per_image": per_image, "images": idx.tolist()})
+
+
+def _power_iteration_runs(
+    name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, exact: torch.Tensor,
+    caps: list[int], runs: dict[str, Any],
+) -> list[tuple[dict[str, Any], SmoothnessResult]]:  # fmt: skip
+    """The metric under each stopping rule and iteration cap against ``exact``: (table row, result) each; the
+    per-image eigenvalues and flags go into ``runs`` under "<rule>/<cap>"."""
+    out = []
+    for stop in STOP_RULES:
+        for iters in caps:
+            start = time.perf_counter()
+            with HvpCounter() as counter:
+                res = smoothness(model, x, y, batch_size=100, iters=iters, tol=1e-3, ids=idx, stop=stop)
+            row = _row(name, stop, iters, res.eigenvalues, res.converged, exact, res.iterations, counter.count,
+                       time.perf_counter() - start)  # fmt: skip
+            runs[f"{stop}/{iters}"] = {"eigenvalues": res.eigenvalues.tolist(), "converged": res.converged.tolist()}
+            out.append((row, res))
+    return out
 
 
 def _print_table(rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> None:
@@ -203,6 +211,8 @@ def _images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def _write(path: str, payload: dict[str, Any]) -> None:
+    """``payload`` and the provenance of the run (the studies run on the CPU, in fp32) as JSON at ``path``."""
+    payload = {**payload, "provenance": collect(torch.device("cpu"), precision="fp32", seed=0)}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1))
@@ -217,30 +227,14 @@ def smoothness_study(args: argparse.Namespace) -> None:
         exact = spectrum[:, 0]
         gap = spectrum[:, 1] / spectrum[:, 0]  # power iteration's error shrinks like gap^t
         per_image[name] = {"exact": exact.tolist(), "ratio_l2_l1": gap.tolist(), "runs": {}}
-        for stop in STOP_RULES:
-            for iters in args.iters:
-                start = time.perf_counter()
-                with HvpCounter() as counter:
-                    res = smoothness(target.model, x, y, batch_size=100, iters=iters, tol=1e-3, ids=idx, stop=stop)
-                row = _row(name, stop, iters, res.eigenvalues, res.converged, exact, res.iterations, counter.count,
-                           time.perf_counter() - start)  # fmt: skip
-                rows.append(row)
-                per_image[name]["runs"][f"{stop}/{iters}"] = {
-                    "eigenvalues": res.eigenvalues.tolist(),
-                    "converged": res.converged.tolist(),
-                }
+        runs = _power_iteration_runs(name, target.model, x, y, idx, exact, args.iters, per_image[name]["runs"])
+        rows += [row for row, _ in runs]
         psd = bool((spectrum >= -1e-9 * spectrum[:, :1]).all())
         close = int((gap > 0.9).sum())
         print(f"{name}: exact mean {exact.mean():.4g}, all eigenvalues >= 0: {psd}, "
               f"median lambda2/lambda1 {gap.median():.3f}, lambda2/lambda1 > 0.9: {close} images")  # fmt: skip
     _print_table(rows)
-    payload = {
-        "rows": rows,
-        "per_image": per_image,
-        "images": idx.tolist(),
-        "provenance": collect(torch.device("cpu"), precision="fp32", seed=0),
-    }
-    _write(args.out, payload)
+    _write(args.out, {"rows": rows, "per_image": per_image, "images": idx.tolist()})
 
 
 def trace_study(args: argparse.Namespace) -> None:
@@ -272,8 +266,7 @@ def trace_study(args: argparse.Namespace) -> None:
         rows.append(row)
         print(f"| {name} | {trace:.4g} | {rel:.3f} | {row['rel_stderr_10']:.3f} | {row['rel_stderr_100']:.3f} | "
               f"{row['probes_for_5pct']} | {per_probe:.2f} |")  # fmt: skip
-    provenance = collect(torch.device("cpu"), precision="fp32", seed=0)
-    _write(args.out, {"rows": rows, "images": idx.tolist(), "provenance": provenance})
+    _write(args.out, {"rows": rows, "images": idx.tolist()})
 
 
 def main() -> None:
