@@ -61,15 +61,15 @@ def step_commands(step: int, quick: bool) -> list[tuple[str, list[str]]]:
     io = f"--data-dir {DATA} --weights-dir {WEIGHTS} --device {dev} --quiet".split()
     limit = ["--limit", "40"] if quick else []
     tiny = ["--arch", "small_cnn", "--arch-kwargs", '{"in_chans": 3, "width": 8}'] if quick else []
-    if step == 1:
-        size = (
-            "--epochs 1 --warmup-epochs 0"
-            if quick
-            else "--epochs 30 --warmup-epochs 2 --bf16 true --channels-last true"
-        )
+
+    def train_st(size: str) -> tuple[str, list[str]]:  # the surrogate of every step, ``size`` epochs and options
         train = f"train st --out {SURROGATE} --data-dir {DATA} --device {dev} --batch-size 512 --lr 0.2"
+        size = "--epochs 1 --warmup-epochs 0" if quick else size
+        return "train-st", _tb(*train.split(), *size.split(), *tiny, "--overwrite")
+
+    if step == 1:
         return [
-            ("train-st", _tb(*train.split(), *size.split(), *tiny, "--overwrite")),
+            train_st("--epochs 30 --warmup-epochs 2 --bf16 true --channels-last true"),
             ("evaluate-cifar10", _tb("evaluate", str(SURROGATE), "--protocol", "cifar10", *io, "--overwrite", *limit)),
             ("leaderboard", _tb("leaderboard", "--format", "md")),
         ]
@@ -96,9 +96,7 @@ def step_commands(step: int, quick: bool) -> list[tuple[str, list[str]]]:
         prefix = ["--limit", "24" if quick else "512"]
         commands = []
         if not (SURROGATE / "config.json").is_file():  # a fresh machine: a short training run stands in for step 1's
-            size = "--epochs 1 --warmup-epochs 0" if quick else "--epochs 4 --warmup-epochs 1 --bf16 true"
-            train = f"train st --out {SURROGATE} --data-dir {DATA} --device {dev} --batch-size 512 --lr 0.2"
-            commands.append(("train-st", _tb(*train.split(), *size.split(), *tiny, "--overwrite")))
+            commands.append(train_st("--epochs 4 --warmup-epochs 1 --bf16 true"))
         for mode, flag in (("det", ["--deterministic"]), ("default", [])):
             for run in ("a", "b"):
                 # One batch size for all four: times and bits then differ by the mode alone, not by batch shapes.
