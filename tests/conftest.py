@@ -17,7 +17,7 @@ SHARED_WEIGHTS = SHARED / "weights" / "cifar10-resnet-akamaster"
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own TRANSFERBENCH_HOME and no mirror/offline settings from the environment."""
+    """Each test gets its own TRANSFERBENCH_HOME and no mirror, offline or cuBLAS settings from the environment."""
     home = tmp_path_factory.mktemp("tbhome")
     monkeypatch.setenv("TRANSFERBENCH_HOME", str(home))
     for var in (
@@ -31,6 +31,10 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
         "HF_DATASETS_OFFLINE",
     ):
         monkeypatch.delenv(var, raising=False)
+    # Unset for the test and restored after it, also when the code under test sets it (--deterministic does):
+    # setenv records the value to restore, delenv then clears it.
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     return home
 
 

@@ -168,13 +168,11 @@ def test_leaderboard_empty_home(capsys: pytest.CaptureFixture[str], isolated_hom
     assert not (isolated_home / "leaderboard").exists()  # reading never creates the store
 
 
-def test_deterministic_sets_the_cublas_workspace_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deterministic_sets_the_cublas_workspace_before_any_work() -> None:
     import os
 
     from bench.determinism import CUBLAS_WORKSPACE_CONFIG
 
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "placeholder")  # so that teardown removes what main sets
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     assert main(["evaluate", "/nonexistent"]) == 1
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     assert main(["evaluate", "/nonexistent", "--deterministic"]) == 1  # set even though the run fails early

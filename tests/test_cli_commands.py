@@ -69,11 +69,9 @@ def test_publish_without_a_hub_is_a_clear_error(tmp_path: Path, capsys: pytest.C
     assert "TRANSFERBENCH_HUB_REPO" in capsys.readouterr().err
 
 
-def test_train_a_recipe_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_a_recipe_on_digits(tmp_path: Path) -> None:
     import torch
 
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "placeholder")  # so that teardown removes what main sets
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     out = tmp_path / "ir"
     args = ["train", "ir", "--data", "digits", "--arch", "small_cnn", "--arch-kwargs", json.dumps({"width": 4}),
             "--out", str(out), "--device", "cpu", "--epochs", "1", "--warmup-epochs", "0", "--crop-padding", "0",

@@ -157,11 +157,9 @@ def _surrogate(folder: Path) -> Path:
 
 
 def test_protocol_mode_times_each_setting_and_measures_the_precision_agreement(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """smoke-digits with one quickly trained MLP target (in the demo's place) and an MLP surrogate."""
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "placeholder")  # so that teardown removes what run() sets
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     weights = Path(os.environ["TRANSFERBENCH_HOME"]) / "demo" / "targets" / "smoke-mlp.safetensors"
     weights.parent.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in _mlp(128, 103).net.state_dict().items()}, str(weights))
