@@ -94,11 +94,13 @@ def exact_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return spectrum.flip(1)
 
 
-def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """(d, d) float64 input Hessian of CE at (x, y) for one image x (C, H, W), any differentiable model.
 
     Forward-over-reverse with ``torch.func`` (a JVP of the gradient per unit vector, ``chunk`` at a time): an
-    independent computation from the metric's own reverse-over-reverse Hessian-vector products.
+    independent computation from the metric's own reverse-over-reverse Hessian-vector products. ``chunk`` 64
+    is the fastest measured on a 2-core CPU for ResNet-20 (25-30 s per image, against 46 s at 256 and 90 s at
+    1024); for the three-convolution ``small_cnn`` the chunk makes no difference.
     """
     check_eval_mode(model)
     model = copy.deepcopy(model).double().requires_grad_(False)  # derivatives in x only: no graph over weights
