@@ -63,6 +63,10 @@ class Registry(Generic[T]):
         except KeyError:
             raise RegistryError(self._unknown(name)) from None
 
+    def __getitem__(self, name: str) -> T:
+        """``REGISTRY[name]``: the same as ``get`` (an unknown name names the closest registered ones)."""
+        return self.get(name)
+
     def _unknown(self, name: str) -> str:
         close = difflib.get_close_matches(name, self._items, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""

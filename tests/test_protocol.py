@@ -92,7 +92,17 @@ def test_registry_refuses_duplicates_and_suggests() -> None:
         reg.add("alpha", 2)
     with pytest.raises(RegistryError, match="Did you mean 'alpha'"):
         reg.get("alpah")
-    assert list(reg) == ["alpha"] and "alpha" in reg and len(reg) == 1
+    with pytest.raises(KeyError, match="Did you mean 'alpha'"):  # a RegistryError is a KeyError, as for a dict
+        reg["alpah"]
+    assert list(reg) == ["alpha"] and "alpha" in reg and len(reg) == 1 and reg["alpha"] == 1
+
+
+def test_the_documented_registry_calls_work() -> None:
+    """docs/attacks.md and the attack registry's docstring call ``ATTACK_COST[name](steps, params)``."""
+    from bench.attacks import ATTACK_COST, ATTACKS, attack_cost
+
+    assert ATTACK_COST["pgd"](10, {}) == attack_cost("pgd", 10, {}) == 10
+    assert ATTACKS["pgd"] is ATTACKS.get("pgd")
 
 
 @pytest.mark.parametrize("name", list(PROTOCOLS))
