@@ -69,7 +69,7 @@ def cmd_targets_fetch(args: argparse.Namespace) -> int:
 
     for name in _target_names(args):
         path, sha = resolve_weights(TARGETS.get(name), args.weights_dir)
-        print(f"{name:<22}{sha[:16]}  {path}")
+        print(f"{name:<30}{sha}  {path}")  # the full hash: what a zoo entry pins
     return 0
 
 
@@ -547,7 +547,11 @@ def _evaluate_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--precision", choices=["fp32", "bf16"], help="default: the protocol's (records say if it differs)")
     s.add_argument("--channels-last", action="store_true", help="channels_last memory layout (a GPU speed option)")
     _deterministic_option(s)
-    s.add_argument("--limit", type=positive_int, help="only the first N images of the list (record marked partial)")
+    s.add_argument(
+        "--limit",
+        type=positive_int,
+        help="only a class-balanced N of the list's images: round robin over the classes (record marked partial)",
+    )
     s.add_argument("--overwrite", action="store_true", help="replace an existing record of this surrogate")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 

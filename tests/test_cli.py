@@ -149,6 +149,17 @@ def test_parser_rejects_non_positive_counts(option: list[str]) -> None:
 # --- targets / evaluate / leaderboard ----------------------------------------------------------------------------
 
 
+def test_targets_fetch_prints_the_full_sha256_a_zoo_entry_pins(
+    shared_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from targets import TARGETS
+
+    assert main(["targets", "fetch", "akamaster-resnet20", "--weights-dir", str(shared_weights)]) == 0
+    name, sha, path = capsys.readouterr().out.split()
+    assert name == "akamaster-resnet20" and sha == TARGETS.get(name).source.sha256 and len(sha) == 64
+    assert Path(path).name == "resnet20-12fca82f.th"
+
+
 def test_targets_lists_the_zoo(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["targets", "list"]) == 0
     out = capsys.readouterr().out
