@@ -24,7 +24,7 @@ only a few files from shallow folders returns both. The exit status is non-zero 
 timed out.
 
 Data and target weights come from ``.carry/cifar10`` and ``.carry/weights`` (see the runbook); the
-leaderboard lives in ``runs/home``. Wheels found in ``.whl/`` (e.g. torchattacks, for step 2, on a machine
+leaderboard lives in ``runs/home``. Wheels found in ``.whl/`` (e.g. torchattacks, for steps 2 and 3, on a machine
 without it) are installed into ``runs/site`` without network or dependencies and put on ``PYTHONPATH``.
 
 ``--quick`` runs the same commands at toy size on a CPU (a small CNN, one epoch, a few images), to check
@@ -110,6 +110,9 @@ def step_commands(step: int, quick: bool) -> list[tuple[str, list[str]]]:
     raise SystemExit(f"unknown step {step}; steps are 1, 2, 3, 4 (docs/gpu-runbook.md)")
 
 
+# Modules a step imports beyond the project's own requirements: checked before anything runs, so that a bare
+# machine fails in a second, not minutes into its device time (step 2's comparison and step 3's AutoAttack).
+STEP_MODULES = {2: ("torchattacks",), 3: ("torchattacks",)}
 TIMEOUT, SKIPPED = "timeout", "skipped"
 TAIL_LINES = 12  # lines of each command's log repeated in the summary (leaderboard and compare: all of it)
 
@@ -124,6 +127,18 @@ def _wheels_site(env: dict[str, str]) -> str | None:
             "--upgrade", "--target", str(site), *map(str, wheels)]  # fmt: skip
     subprocess.run(argv, check=True, env=env)
     return str(site)
+
+
+def _check_modules(modules: tuple[str, ...], env: dict[str, str]) -> None:
+    """Stop with the fix when a module the step needs cannot be imported in the commands' environment."""
+    code = "import importlib.util as u, sys; sys.exit(','.join(m for m in sys.argv[1:] if not u.find_spec(m)) or None)"
+    missing = subprocess.run([sys.executable, "-c", code, *modules], env=env, capture_output=True, text=True)
+    if missing.returncode:
+        raise SystemExit(
+            f"this step needs {missing.stderr.strip()}, which this machine lacks: put its wheel in .whl/ "
+            "(`python3 -m pip download --no-deps --only-binary=:all: -d .whl torchattacks==3.5.1`, "
+            "docs/gpu-runbook.md)"
+        )
 
 
 def run_commands(
@@ -201,6 +216,7 @@ def run_step(step: int, out: Path, *, quick: bool = False, budget: float = 540.0
     site = _wheels_site(env)
     if site:
         env["PYTHONPATH"] = os.pathsep.join([site, str(ROOT)])
+    _check_modules(STEP_MODULES.get(step, ()), env)
     logs = RUNS / f"step{step}-logs"
     shutil.rmtree(logs, ignore_errors=True)
     rows = run_commands(commands, logs, budget=budget, env=env)

@@ -75,6 +75,19 @@ def test_unknown_step_and_missing_data_are_named(session: ModuleType, tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_module_the_step_needs_is_checked_before_anything_runs(
+    session: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert session.STEP_MODULES[2] == session.STEP_MODULES[3] == ("torchattacks",)  # comparison, AutoAttack
+    monkeypatch.setattr(session, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(session, "ROOT", tmp_path)  # no .whl/ here
+    monkeypatch.setitem(session.STEP_MODULES, 1, ("json", "transferbench_no_such_module"))
+    with pytest.raises(SystemExit, match="needs transferbench_no_such_module, which this machine lacks: put its wheel"):
+        session.run_step(1, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()  # nothing ran, nothing packed
+    session._check_modules(("json", "torch"), dict(os.environ))  # present: no error
+
+
 def _py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
