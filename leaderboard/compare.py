@@ -27,6 +27,15 @@ For each (cell, target), with the protocol's ranking ASR definition (``protocol.
   ``n_perm`` seeded draws (exactly the McNemar test's null for 0/1 outcomes). Either way the test is of the
   quantity ``diff`` estimates, so a significant result and ``diff`` point the same way.
 - **Multiplicity**: Holm step-down adjusted p-values over all compared (cell, target) pairs.
+- **Level** (what the test generalizes over). ``checkpoint`` (default): the trained models are fixed and the
+  images are the sample, so the test asks whether *these* models differ on images like these: the right
+  question for a rerun or a code change of one submission, and for "is this checkpoint better than that one".
+  It says nothing about the training seed: two seeds of one recipe can differ significantly under it (on
+  CIFAR-10, two seeds of one small CNN differ by 9 points in targeted cells, Holm p < 0.01; docs/results.md).
+  ``recipe``: for comparing training methods, both sides must be seed groups of at least two runs; each run's
+  rate on the paired images is one observation, and the test is Welch's unequal-variance t test of the
+  difference of the run means (the CI is Welch's t interval), so the seed-to-seed spread is the noise. With
+  few seeds it has little power, and that is the honest answer: more seeds, not more images, decide it.
 - **Regression**: B significantly worse than A, ``p_holm < alpha`` and ``diff < -min_effect``. The CI is
   per cell and not adjusted for multiplicity; it reports the size of the difference, the verdict is Holm's.
   A comparison in which no (cell, target) has an image to compare is refused (exit 2), not passed.
@@ -46,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from bench.metrics.asr import unpack_bits
 from bench.protocol import ASR_DEFINITIONS
@@ -57,6 +67,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_REGRESSION = 1
 EXIT_NOT_COMPARABLE = 2
+LEVELS = ("checkpoint", "recipe")  # what the test generalizes over: images only, or training seeds too
 CELL_COLUMNS = [
     "cell", "target", "ranking", "n", "n_excluded", "rate_a", "rate_b", "diff", "ci_lo", "ci_hi", "a_only", "b_only",
     "p_value", "p_holm", "significant", "regression", "improvement",
@@ -111,10 +122,28 @@ class Comparison:
     regressions: list[CellDiff] = field(default_factory=list)
     improvements: list[CellDiff] = field(default_factory=list)
     rerun_bits: tuple[int, int] | None = None  # (differing, total) outcome bits when B reruns A's submission
+    level: str = "checkpoint"
+    same_submission: bool = False
 
     @property
     def exit_code(self) -> int:
         return exit_code(self)
+
+    def _method(self) -> str:
+        tests = f"Holm-adjusted over {int(self.cells['p_value'].notna().sum())} (cell, target) tests; "
+        rule = f"regression = Holm p < {self.alpha:g} and diff < -{100 * self.min_effect:g} pp"
+        if self.level == "recipe":
+            return (
+                f"method (level recipe): diff = B - A of the mean over runs of each run's {self.asr} ASR on paired "
+                f"images ({self.runs_a} vs {self.runs_b} runs); 95% CI and p by Welch's t test on the run rates, "
+                + tests
+                + rule
+            )
+        return (
+            f"method (level checkpoint): diff = B - A of the {self.asr} ASR on paired images; 95% CI by paired "
+            f"bootstrap over images ({self.n_boot} resamples, seed {self.seed}); p by exact McNemar on discordant "
+            "images (0/1 outcomes) or a paired sign-flip test of the mean (seed groups), " + tests + rule
+        )
 
     def format(self, *, all_cells: bool = False) -> str:
         """Human-readable report: header, method, regressions, improvements, the ranking cell (or every cell)."""
@@ -125,12 +154,14 @@ class Comparison:
             f"B {self.precision_b}",
             f"score ({self.ranking_cell}, mean {self.asr} ASR over targets): A {100 * self.score_a:.2f}%  "
             f"B {100 * self.score_b:.2f}%  (B - A {100 * (self.score_b - self.score_a):+.2f} pp)",
-            f"method: diff = B - A of the {self.asr} ASR on paired images; 95% CI by paired bootstrap over images "
-            f"({self.n_boot} resamples, seed {self.seed}); p by exact McNemar on discordant images (0/1 outcomes) "
-            "or a paired sign-flip test of the mean (seed groups), "
-            f"Holm-adjusted over {int(self.cells['p_value'].notna().sum())} (cell, target) tests; "
-            f"regression = Holm p < {self.alpha:g} and diff < -{100 * self.min_effect:g} pp",
+            self._method(),
         ]
+        if self.level == "checkpoint" and not self.same_submission:
+            lines.append(
+                "level checkpoint: the test holds these trained models fixed and treats the images as the sample; "
+                "it does not cover training-seed variance (two seeds of one recipe can differ significantly). To "
+                "compare training methods, evaluate a seed group of each and pass --level recipe."
+            )
         if self.rerun_bits is not None:
             differ, total = self.rerun_bits
             lines.append(
@@ -171,15 +202,6 @@ def _format_rows(df: pd.DataFrame) -> str:
 # --- statistics ----------------------------------------------------------------------------------------------------
 
 
-def _binom_cdf_half_exact(k: int, n: int) -> float:
-    """P[X <= k] for X ~ Binomial(n, 1/2), exactly with integers (fallback when scipy is missing)."""
-    term, total = 1, 1  # C(n, 0)
-    for i in range(k):
-        term = term * (n - i) // (i + 1)
-        total += term
-    return total / (1 << n)
-
-
 def mcnemar_exact(a_only: int, b_only: int) -> float:
     """Exact two-sided McNemar p-value from the discordant counts: ``min(1, 2 P[X <= min])``, X ~ Bin(a+b, 1/2)."""
     if a_only < 0 or b_only < 0:
@@ -187,13 +209,7 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     n, k = a_only + b_only, min(a_only, b_only)
     if n == 0:
         return 1.0
-    try:
-        from scipy.stats import binom
-    except ImportError:  # scipy comes with scikit-learn; keep an exact path regardless
-        cdf = _binom_cdf_half_exact(k, n)
-    else:
-        cdf = float(binom.cdf(k, n, 0.5))
-    return min(1.0, 2.0 * cdf)
+    return min(1.0, 2.0 * float(stats.binom.cdf(k, n, 0.5)))
 
 
 def sign_flip_p(d: np.ndarray, *, n_perm: int, rng: np.random.Generator) -> float:
@@ -218,6 +234,27 @@ def paired_p_value(d: np.ndarray, *, n_perm: int, rng: np.random.Generator) -> f
     if np.isin(d, (-1.0, 0.0, 1.0)).all():
         return mcnemar_exact(int((d < 0).sum()), int((d > 0).sum()))
     return sign_flip_p(d, n_perm=n_perm, rng=rng)
+
+
+def welch(rates_a: np.ndarray, rates_b: np.ndarray, *, level: float = 0.95) -> tuple[float, float, float]:
+    """(p, ci_lo, ci_hi) of ``mean(rates_b) - mean(rates_a)`` by Welch's unequal-variance t test, one rate per run.
+
+    Needs two or more runs per side. When both sides have no spread (every run of each side has the same rate)
+    the t statistic is undefined: the difference is then exact for these runs, p is 1 when it is 0 and 0
+    otherwise, and the interval is the point.
+    """
+    a, b = np.asarray(rates_a, dtype=float), np.asarray(rates_b, dtype=float)
+    if a.size < 2 or b.size < 2:
+        raise ComparisonError(f"Welch's test needs two or more runs per side, got {a.size} and {b.size}")
+    diff = float(b.mean() - a.mean())
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return (1.0 if diff == 0 else 0.0), diff, diff
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))  # Welch-Satterthwaite
+    p = float(2 * stats.t.sf(abs(diff) / se, df))
+    half = float(stats.t.ppf((1 + level) / 2, df)) * se
+    return p, diff - half, diff + half
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -306,9 +343,9 @@ def _bits(text: str | None, n: int, where: str) -> np.ndarray:
 
 
 def _per_image(rec: Record, cell: str, target: str, asr: str, n: int, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mask of images every run of ``rec`` needs correct for ``both_correct``, per-image success fraction)."""
+    """(mask of images every run of ``rec`` needs correct for ``both_correct``, (runs, n) success bits)."""
     need = np.ones(n, dtype=bool)
-    frac = np.zeros(n)
+    per_run = np.zeros((len(rec.runs), n), dtype=bool)
     for i, run in enumerate(rec.runs):
         per_model = run["outcomes"]["success"].get(cell, {})
         where = f"{tag} runs[{i}].outcomes.success[{cell!r}]"
@@ -317,8 +354,8 @@ def _per_image(rec: Record, cell: str, target: str, asr: str, n: int, tag: str) 
             sur = _bits(per_model.get("surrogate"), n, f"{where}['surrogate']")
             need &= _bits(run["outcomes"].get("clean_correct"), n, f"{tag} runs[{i}].outcomes.clean_correct")
             success = success & sur
-        frac += success
-    return need, frac / len(rec.runs)
+        per_run[i] = success
+    return need, per_run
 
 
 def rerun_differences(a: Record, b: Record) -> tuple[int, int] | None:
@@ -356,14 +393,18 @@ def compare(
     n_perm: int = 10_000,
     seed: int = 0,
     allow_precision_mismatch: bool = False,
+    level: str = "checkpoint",
 ) -> Comparison:
     """Paired comparison of B against A (see the module docstring for the method).
 
     ``asr`` defaults to the protocol's ranking definition; ``cells`` restricts the comparison (and the Holm
     family) to some cell keys, e.g. ``[record.protocol["ranking_cell"]]``. ``min_effect`` is a fraction
     (0.02 = 2 percentage points). Records of different precisions are refused unless
-    ``allow_precision_mismatch``.
+    ``allow_precision_mismatch``. ``level`` is ``checkpoint`` (the images are the sample) or ``recipe`` (the
+    seed groups' runs are: Welch's t test on run rates).
     """
+    if level not in LEVELS:
+        raise ComparisonError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
     if not 0 < alpha < 1:
         raise ComparisonError(f"alpha must be in (0, 1), got {alpha}")
     if min_effect < 0:
@@ -372,6 +413,13 @@ def compare(
         raise ComparisonError(f"n_boot={n_boot}, n_perm={n_perm}: too few resamples for a 95% interval or a p-value "
                               "near 0.05; use 1000 or more")  # fmt: skip
     check_comparable(a, b, allow_precision_mismatch=allow_precision_mismatch)
+    if level == "recipe" and min(len(a.runs), len(b.runs)) < 2:
+        raise ComparisonError(
+            f"--level recipe compares seed groups: A ({a.submission['name']}) has {len(a.runs)} run(s) and B "
+            f"({b.submission['name']}) {len(b.runs)}; each side needs two or more. Train more seeds of each recipe "
+            "and evaluate them as a seed group (surrogates.save_group(..., kind='seed-group')), or compare these "
+            "checkpoints with --level checkpoint."
+        )
     asr = asr or a.protocol.get("ranking_asr", "target_correct")
     if asr not in ASR_DEFINITIONS:
         raise ComparisonError(f"unknown ASR definition {asr!r}; use one of {', '.join(ASR_DEFINITIONS)}")
@@ -399,16 +447,21 @@ def compare(
     for cell in common:
         for t in targets:
             mask, excluded = base[t][0].copy(), base[t][1]
-            need_a, fa = _per_image(a, cell, t, asr, n, "A")
-            need_b, fb = _per_image(b, cell, t, asr, n, "B")
+            need_a, runs_a = _per_image(a, cell, t, asr, n, "A")
+            need_b, runs_b = _per_image(b, cell, t, asr, n, "B")
             if asr == "both_correct":
                 mask &= need_a & need_b
-            fa, fb = fa[mask], fb[mask]
+            fa, fb = runs_a[:, mask].mean(axis=0), runs_b[:, mask].mean(axis=0)  # per-image success fraction
             d = fb - fa
             a_only, b_only = int((d < 0).sum()), int((d > 0).sum())
-            rng = np.random.default_rng([seed, zlib.crc32(f"{cell}|{t}".encode())])
-            lo, hi = paired_bootstrap_ci(d, n_boot=n_boot, rng=rng)
-            p = paired_p_value(d, n_perm=n_perm, rng=rng) if d.size else math.nan
+            if not d.size:
+                p, lo, hi = math.nan, math.nan, math.nan
+            elif level == "recipe":
+                p, lo, hi = welch(runs_a[:, mask].mean(axis=1), runs_b[:, mask].mean(axis=1))
+            else:
+                rng = np.random.default_rng([seed, zlib.crc32(f"{cell}|{t}".encode())])
+                lo, hi = paired_bootstrap_ci(d, n_boot=n_boot, rng=rng)
+                p = paired_p_value(d, n_perm=n_perm, rng=rng)
             rate_a = float(fa.mean()) if fa.size else math.nan
             rate_b = float(fb.mean()) if fb.size else math.nan
             rows.append({
@@ -440,7 +493,8 @@ def compare(
         seed=seed, runs_a=len(a.runs), runs_b=len(b.runs), precision_a=str(a.provenance.get("precision")),
         precision_b=str(b.provenance.get("precision")), score_a=float(a.score["mean"]),
         score_b=float(b.score["mean"]), ranking_cell=ranking_cell, cells=df, regressions=diffs(df["regression"]),
-        improvements=diffs(df["improvement"]), rerun_bits=rerun_differences(a, b),
+        improvements=diffs(df["improvement"]), rerun_bits=rerun_differences(a, b), level=level,
+        same_submission=a.submission.get("sha256") == b.submission.get("sha256"),
     )  # fmt: skip
 
 

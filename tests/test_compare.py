@@ -16,8 +16,8 @@ from leaderboard.compare import (
     EXIT_NOT_COMPARABLE,
     EXIT_OK,
     EXIT_REGRESSION,
+    LEVELS,
     ComparisonError,
-    _binom_cdf_half_exact,
     compare,
     exit_code,
     gate,
@@ -26,6 +26,7 @@ from leaderboard.compare import (
     paired_bootstrap_ci,
     paired_p_value,
     sign_flip_p,
+    welch,
 )
 from leaderboard.record import Record
 
@@ -140,8 +141,6 @@ def test_p_value_is_the_exact_mcnemar_binomial(pair: tuple[Record, Record]) -> N
     for b, c in ((7, 30), (40, 41), (0, 1)):
         exact = min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c))
         assert mcnemar_exact(b, c) == pytest.approx(exact, rel=1e-9)
-        tail = sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c)
-        assert _binom_cdf_half_exact(min(b, c), b + c) == pytest.approx(tail, rel=1e-12)  # the scipy-free path
     with pytest.raises(ValueError, match="non-negative"):
         mcnemar_exact(-1, 3)
     a = _with_outcomes("x", 64, 0.5, seed=7)
@@ -262,6 +261,20 @@ def test_sign_flip_p_matches_exact_enumeration_and_mcnemar() -> None:
     assert sign_flip_p(np.zeros(5), n_perm=1000, rng=rng) == 1.0
 
 
+def _blank(name: str, n_runs: int, n: int) -> Record:
+    """A record of ``n_runs`` runs on ``n`` images that every model classifies correctly and no attack fools."""
+    rec = copy.deepcopy(make_record(name, n_runs=n_runs))
+    rec.data["n_images"] = n
+    for run in rec.runs:
+        run["outcomes"]["clean_correct"] = pack_bits(np.ones(n, dtype=bool))
+        for c in run["outcomes"]["success"]:
+            run["outcomes"]["success"][c] = {m: pack_bits(np.zeros(n, dtype=bool)) for m in
+                                             ["surrogate", *PROTO.targets]}  # fmt: skip
+    for target in PROTO.targets:
+        rec.targets[target]["clean_correct"] = pack_bits(np.ones(n, dtype=bool))
+    return rec
+
+
 def _set_success(rec: Record, cell: str, target: str, runs_bits: list[np.ndarray]) -> None:
     for run, bits in zip(rec.runs, runs_bits, strict=True):
         run["outcomes"]["success"][cell][target] = pack_bits(bits)
@@ -271,17 +284,7 @@ def test_a_seed_group_lead_on_more_images_but_smaller_in_total_is_not_a_regressi
     """B ahead by 1/3 of A's seeds on 60 images, A ahead by 1 on 25: the counts favour B, the mean favours A
     by 1.25 points; the verdict follows the tested mean, which is not significantly different from 0."""
     n, cell, t = 400, PROTO.ranking_cell, PROTO.targets[0]
-    a = copy.deepcopy(make_record("group", n_runs=3))
-    b = copy.deepcopy(make_record("single"))
-    for rec in (a, b):
-        rec.data["n_images"] = n
-        for run in rec.runs:
-            run["outcomes"]["clean_correct"] = pack_bits(np.ones(n, dtype=bool))
-            for c in run["outcomes"]["success"]:
-                run["outcomes"]["success"][c] = {m: pack_bits(np.zeros(n, dtype=bool)) for m in
-                                                 ["surrogate", *PROTO.targets]}  # fmt: skip
-        for target in PROTO.targets:
-            rec.targets[target]["clean_correct"] = pack_bits(np.ones(n, dtype=bool))
+    a, b = _blank("group", 3, n), _blank("single", 1, n)
     seeds = [np.zeros(n, dtype=bool) for _ in range(3)]
     for s in seeds:
         s[:60] = True  # 2 of 3 seeds succeed on images 0..59 (below), B on all of them: B ahead by 1/3
@@ -367,3 +370,68 @@ def test_compare_reads_a_folder_that_holds_one_record(tmp_path, capsys: pytest.C
     LocalStore(tmp_path / "b").add(make_record("another"))
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == EXIT_NOT_COMPARABLE
     assert "holding 2 records" in capsys.readouterr().err
+
+
+# --- level recipe: seed groups, Welch's t test on run rates -------------------------------------------------------
+
+
+def test_welch_is_scipys_unequal_variance_t_test_and_its_interval_inverts_it() -> None:
+    from scipy.stats import ttest_ind
+
+    a, b = np.array([0.41, 0.47, 0.44]), np.array([0.52, 0.50, 0.61, 0.55])
+    p, lo, hi = welch(a, b)
+    assert p == pytest.approx(ttest_ind(b, a, equal_var=False).pvalue, rel=1e-10)
+    assert lo < b.mean() - a.mean() < hi
+    for bound in (lo, hi):  # the 95% interval is where the test of "diff = bound" stops rejecting at 5 %
+        assert welch(a, b - bound)[0] == pytest.approx(0.05, rel=1e-8)
+    assert welch(np.array([0.4, 0.4]), np.array([0.5, 0.5])) == (0.0, pytest.approx(0.1), pytest.approx(0.1))
+    assert welch(np.array([0.4, 0.4]), np.array([0.4, 0.4])) == (1.0, 0.0, 0.0)
+    with pytest.raises(ComparisonError, match="two or more runs per side, got 1 and 3"):
+        welch(np.array([0.4]), b[:3])
+
+
+def _groups(rates_a: list[float], rates_b: list[float], n: int = 500) -> tuple[Record, Record, str, str]:
+    """Two seed groups whose runs succeed on the first ``rate * n`` images of one (cell, target)."""
+    cell, t = PROTO.ranking_cell, PROTO.targets[0]
+    recs = []
+    for name, rates in (("recipe-a", rates_a), ("recipe-b", rates_b)):
+        rec = _blank(name, len(rates), n)
+        rec.submission["sha256"] = name * 8
+        runs = [np.arange(n) < round(r * n) for r in rates]
+        _set_success(rec, cell, t, runs)
+        recs.append(rec)
+    return recs[0], recs[1], cell, t
+
+
+def test_a_seed_spread_larger_than_the_difference_is_a_checkpoint_difference_but_no_recipe_difference() -> None:
+    """Runs of B are 4 points lower on average but seeds spread by 10: the images say 'these models differ', the
+    seeds say 'these recipes may not'."""
+    a, b, cell, t = _groups([0.50, 0.60, 0.40], [0.46, 0.56, 0.36])
+    by_images = compare(a, b, cells=[cell]).cells.set_index("target").loc[t]
+    by_seeds = compare(a, b, cells=[cell], level="recipe").cells.set_index("target").loc[t]
+    assert by_images["diff"] == by_seeds["diff"] == pytest.approx(-0.04)
+    assert by_images["regression"] and by_images["p_value"] < 1e-3  # the sign-flip test's floor is 1e-4
+    assert not by_seeds["regression"] and by_seeds["p_value"] > 0.5 and by_seeds["ci_lo"] < 0 < by_seeds["ci_hi"]
+    code, text = gate(a, b, cells=[cell], level="recipe")
+    assert code == EXIT_OK and "level recipe" in text and "Welch" in text and "3 vs 3 runs" in text
+
+
+def test_a_difference_every_seed_agrees_on_is_a_recipe_regression() -> None:
+    a, b, cell, t = _groups([0.50, 0.51, 0.49, 0.50], [0.40, 0.41, 0.39, 0.40])
+    row = compare(a, b, cells=[cell], level="recipe").cells.set_index("target").loc[t]
+    assert row["diff"] == pytest.approx(-0.10) and row["ci_hi"] < 0 and row["regression"]
+    assert gate(a, b, cells=[cell], level="recipe")[0] == EXIT_REGRESSION
+    assert gate(b, a, cells=[cell], level="recipe")[0] == EXIT_OK  # the other way it is an improvement
+
+
+def test_level_recipe_needs_seed_groups_and_checkpoint_level_says_what_it_covers(pair: tuple[Record, Record]) -> None:
+    assert LEVELS == ("checkpoint", "recipe")
+    a, b = pair
+    with pytest.raises(ComparisonError, match=r"A \(good\) has 1 run\(s\) and B \(worse\) 1; each side needs two"):
+        compare(a, b, level="recipe")
+    with pytest.raises(ComparisonError, match="unknown level 'seed'"):
+        compare(a, b, level="seed")
+    text = compare(a, b).format()
+    assert "level checkpoint" in text and "does not cover training-seed variance" in text and "--level recipe" in text
+    same = compare(a, a).format()  # a rerun of one submission: the caveat does not apply
+    assert "does not cover training-seed variance" not in same and "method (level checkpoint)" in same
