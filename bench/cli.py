@@ -261,7 +261,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return EXIT_NOT_COMPARABLE
     cells = [a.protocol["ranking_cell"]] if args.ranking_cell_only else None
     code, text = gate(a, b, alpha=args.alpha, min_effect=args.min_effect, asr=args.asr, cells=cells,
-                      all_cells=args.all_cells, allow_precision_mismatch=args.allow_precision_mismatch)  # fmt: skip
+                      all_cells=args.all_cells, allow_precision_mismatch=args.allow_precision_mismatch,
+                      level=args.level)  # fmt: skip
     print(text, file=sys.stderr if code == EXIT_NOT_COMPARABLE else sys.stdout)
     return code
 
@@ -331,6 +332,26 @@ def cmd_train(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     print(f"submission written to {out}")
+    return 0
+
+
+def cmd_group(args: argparse.Namespace) -> int:
+    """Assemble trained single submissions into a seed group (one recipe, several seeds) or an ensemble."""
+    from surrogates.submission import read_config, save_group
+
+    folders = [Path(m) for m in args.members]
+    names = [f.resolve().name for f in folders]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"member folders {repeated} share a name; members are named after their folders, so "
+                         "rename or copy one of them")  # fmt: skip
+    recipes = {read_config(f).metadata.get("recipe") for f in folders}
+    metadata = {"name": args.name or Path(args.out).name}
+    if len(recipes) == 1 and None not in recipes:
+        metadata["recipe"] = recipes.pop()
+    out = save_group(dict(zip(names, folders, strict=True)), args.out, kind=args.kind, metadata=metadata,
+                     overwrite=args.overwrite)  # fmt: skip
+    print(f"{args.kind} of {len(folders)} members written to {out}")
     return 0
 
 
@@ -460,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-effect", type=float, default=0.0, help="ignore drops smaller than this fraction")
     s.add_argument("--asr", choices=["target_correct", "both_correct", "all"], help="default: the protocol's")
     s.add_argument("--ranking-cell-only", action="store_true", help="compare the ranking cell only")
+    s.add_argument(
+        "--level",
+        choices=["checkpoint", "recipe"],
+        default="checkpoint",
+        help="checkpoint: these models, images as the sample (default); recipe: seed groups of 2+ runs each, "
+        "Welch's t test on run rates (seed-to-seed spread as the noise)",
+    )
     s.add_argument("--all-cells", action="store_true", help="print every cell, not only the significant ones")
     s.add_argument(
         "--allow-precision-mismatch",
@@ -494,6 +522,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     _deterministic_option(s)
     s.set_defaults(func=cmd_train)
+    s = sub.add_parser("group", help="assemble trained submissions into a seed group (one recipe) or an ensemble")
+    s.add_argument("out", help="group folder to write")
+    s.add_argument("members", nargs="+", help="single submission folders (members are named after the folders)")
+    s.add_argument("--kind", choices=["seed-group", "ensemble"], default="seed-group",
+                   help="seed-group: seeds of one recipe, each evaluated, mean and std reported (default); "
+                        "ensemble: logits averaged into one surrogate")  # fmt: skip
+    s.add_argument("--name", help="submission name (default: the folder's name)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_group)
 
     from bench import perf
 

@@ -333,6 +333,10 @@ def load_surrogate(location: str | os.PathLike, device: str | torch.device = "cp
         values = {getattr(mm, attr, None) for mm in members}
         if len(values) != 1:
             raise SubmissionError(f"{folder}: members disagree on {attr} ({sorted(map(str, values))}).")
+    if cfg.kind == "seed-group" and len(set(shas.values())) < len(shas):
+        same = sorted(m for m in shas if list(shas.values()).count(shas[m]) > 1)
+        raise SubmissionError(f"{folder}: members {same} of the seed group hold identical weights; a seed group needs "
+                              "one independently trained checkpoint per seed.")  # fmt: skip
     sha = sha256_text(json.dumps({"kind": cfg.kind, "members": shas}, sort_keys=True))
     config_sha = model_config_sha256(cfg, member_cfgs)
     if cfg.kind == "ensemble":
@@ -443,6 +447,32 @@ def save_surrogate(
     return atomic_folder(Path(out), fill, overwrite)
 
 
+def check_seed_group(members: Mapping[str, SurrogateConfig], where: Path) -> None:
+    """Raise :class:`SubmissionError` unless ``members`` look like seeds of one recipe (see :func:`save_group`)."""
+    fields = ("kind", "architecture", "arch_kwargs", "num_classes", "input_size", "mean", "std")
+    first_name, first = next(iter(members.items()))
+    for name, cfg in members.items():
+        for f in fields:
+            if getattr(cfg, f) != getattr(first, f):
+                raise SubmissionError(
+                    f"{where}: seed-group members {first_name!r} and {name!r} differ in {f} ({getattr(first, f)!r} vs "
+                    f"{getattr(cfg, f)!r}); a seed group holds trainings of one recipe that differ in the seed only. "
+                    "Use kind 'ensemble' to combine different models."
+                )
+        for key in ("recipe", "hyperparameters"):
+            a, b = first.metadata.get(key), cfg.metadata.get(key)
+            if a is None or b is None:
+                continue  # not recorded (an external checkpoint): nothing to check
+            if key == "hyperparameters" and isinstance(a, dict) and isinstance(b, dict):
+                differ = sorted(k for k in set(a) | set(b) if k != "seed" and a.get(k) != b.get(k))
+                if differ:
+                    raise SubmissionError(f"{where}: seed-group members {first_name!r} and {name!r} were trained with "
+                                          f"different hyperparameters {differ}; only the seed may differ.")  # fmt: skip
+            elif a != b:
+                raise SubmissionError(f"{where}: seed-group members {first_name!r} and {name!r} come from different "
+                                      f"{key}s ({a!r} vs {b!r}); a seed group holds one recipe.")  # fmt: skip
+
+
 def save_group(
     members: Mapping[str, str | os.PathLike],
     out: str | os.PathLike,
@@ -451,11 +481,18 @@ def save_group(
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Assemble single submissions (name -> folder) into an ensemble or seed-group folder (copies them)."""
+    """Assemble single submissions (name -> folder) into an ensemble or seed-group folder (copies them).
+
+    A seed group is several trainings of one recipe that differ in the seed only, so its members must share the
+    model definition (architecture, its arguments, classes, input size, normalization) and, where their metadata
+    records them, the recipe and every hyperparameter but ``seed`` (see :func:`check_seed_group`).
+    """
     if not members:
         raise SubmissionError(f"{out}: a {kind} needs at least one member.")
     for member in members:
         _check_member_name(Path(out), member)
+    if kind == "seed-group":
+        check_seed_group({m: read_config(Path(src)) for m, src in members.items()}, Path(out))
     cfg = SurrogateConfig(kind=kind, members=tuple(members), metadata=dict(metadata or {}))
     name = str(cfg.metadata.get("name") or Path(out).name)
 

@@ -152,3 +152,29 @@ def test_deviating_runs_stay_local(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_submit_refuses_another_precision_before_evaluating(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["submit", str(tmp_path / "never-read"), "--protocol", "smoke-digits", "--precision", "bf16"]) == 1
     assert "protocol's precision (fp32)" in capsys.readouterr().err
+
+
+def test_group_assembles_seeds_of_one_recipe_and_refuses_a_mix(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from test_submission import _save_digits
+
+    def member(folder: str, seed: int, recipe: str = "st") -> Path:
+        meta = {"recipe": recipe, "hyperparameters": {"epochs": 3, "seed": seed}}
+        return _save_digits(tmp_path / folder, seed=seed, metadata=meta)
+
+    s0, s1 = member("st-s0", 0), member("st-s1", 1)
+    assert main(["group", str(tmp_path / "st-group"), str(s0), str(s1)]) == 0
+    group = load_surrogate(tmp_path / "st-group")
+    assert group.kind == "seed-group" and group.run_names == ["st-s0", "st-s1"]
+    assert group.config.metadata == {"name": "st-group", "recipe": "st"}
+    assert "seed-group of 2 members written to" in capsys.readouterr().out
+    sam = member("sam-s0", 2, recipe="sam")
+    assert main(["group", str(tmp_path / "mixed"), str(s0), str(sam)]) == 1
+    assert "different recipes ('st' vs 'sam')" in capsys.readouterr().err and not (tmp_path / "mixed").exists()
+    assert main(["group", str(tmp_path / "ens"), str(s0), str(sam), "--kind", "ensemble", "--name", "two"]) == 0
+    ens = load_surrogate(tmp_path / "ens")
+    assert ens.kind == "ensemble" and ens.config.metadata == {"name": "two"} and len(ens.runs) == 1
+    (tmp_path / "other").mkdir()
+    twin = _save_digits(tmp_path / "other" / "st-s0", seed=3)
+    assert main(["group", str(tmp_path / "twins"), str(s0), str(twin)]) == 1
+    assert "share a name" in capsys.readouterr().err and not (tmp_path / "twins").exists()

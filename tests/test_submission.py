@@ -303,8 +303,16 @@ def test_group_members_must_agree_on_input_size(tmp_path: Path, kind: str) -> No
     """The runner checks one declared input size against the protocol; a group must have exactly one."""
     a = _save_digits(tmp_path / "a", seed=0)
     b = _save_digits(tmp_path / "b", seed=1, input_size=(1, 16, 16))  # small_cnn pools, so it runs at either size
-    with pytest.raises(SubmissionError, match=r"disagree on input_size .*16, 16"):
-        load_surrogate(save_group({"a": a, "b": b}, tmp_path / "g", kind=kind))
+    if kind == "seed-group":  # refused when assembled: seeds of one recipe share the model definition
+        with pytest.raises(SubmissionError, match=r"members 'a' and 'b' differ in input_size .*16, 16"):
+            save_group({"a": a, "b": b}, tmp_path / "g", kind=kind)
+        out = save_group({"a": a, "b": b}, tmp_path / "g", kind="ensemble")  # a hand-made group: load refuses it
+        _edit_config(out, kind="seed-group")
+        with pytest.raises(SubmissionError, match=r"disagree on input_size .*16, 16"):
+            load_surrogate(out)
+    else:
+        with pytest.raises(SubmissionError, match=r"disagree on input_size .*16, 16"):
+            load_surrogate(save_group({"a": a, "b": b}, tmp_path / "g", kind=kind))
     same = load_surrogate(save_group({"a": a, "c": _save_digits(tmp_path / "c", seed=2)}, tmp_path / "h", kind=kind))
     assert {m.input_size for m in same.runs} == {(1, 8, 8)}  # what the runner compares with the protocol
 
@@ -652,3 +660,35 @@ def test_hf_surrogate_without_metadata_name_is_named_after_the_repo(
     _fake_hub(monkeypatch, _save_digits(tmp_path / "models--owner--repo" / "snapshots" / commit))
     s = load_surrogate(f"hf://owner/repo@{commit}")
     assert "repo" in s.name and commit not in s.name
+
+
+def test_a_seed_group_holds_one_recipe_that_differs_in_the_seed_only(tmp_path: Path) -> None:
+    def member(name: str, seed: int, **meta: Any) -> Path:
+        hyper = {"epochs": 12, "lr": 0.05, "seed": seed, **meta.pop("hyper", {})}
+        return _save_digits(tmp_path / name, seed=seed, metadata={"recipe": "st", "hyperparameters": hyper, **meta})
+
+    s0, s1, s2 = member("s0", 0), member("s1", 1), member("s2", 2)
+    group = load_surrogate(save_group({"s0": s0, "s1": s1, "s2": s2}, tmp_path / "ok", kind="seed-group"))
+    assert group.kind == "seed-group" and len(group.runs) == 3
+    sam = member("sam", 3, recipe="sam")
+    with pytest.raises(SubmissionError, match=r"'s0' and 'sam' come from different recipes \('st' vs 'sam'\)"):
+        save_group({"s0": s0, "sam": sam}, tmp_path / "g1", kind="seed-group")
+    longer = member("longer", 4, hyper={"epochs": 30})
+    with pytest.raises(SubmissionError, match=r"different hyperparameters \['epochs'\]; only the seed may differ"):
+        save_group({"s0": s0, "longer": longer}, tmp_path / "g2", kind="seed-group")
+    wider = _save_digits(tmp_path / "wider", seed=5, arch_kwargs={"width": 16})
+    with pytest.raises(SubmissionError, match="differ in arch_kwargs"):
+        save_group({"s0": s0, "wider": wider}, tmp_path / "g3", kind="seed-group")
+    assert save_group({"s0": s0, "sam": sam, "wider": wider}, tmp_path / "ens", kind="ensemble").is_dir()  # any mix
+    external = _save_digits(tmp_path / "external", seed=6)  # no recorded recipe: nothing to compare it with
+    assert save_group({"s0": s0, "external": external}, tmp_path / "g4", kind="seed-group").is_dir()
+    for p in ("g1", "g2", "g3"):
+        assert not (tmp_path / p).exists()  # refused before anything was written
+
+
+def test_a_seed_group_with_the_same_checkpoint_twice_is_refused(tmp_path: Path) -> None:
+    """One checkpoint counted twice would halve the seed-to-seed spread a recipe-level comparison relies on."""
+    a = _save_digits(tmp_path / "a", seed=0)
+    out = save_group({"a": a, "again": a, "b": _save_digits(tmp_path / "b", seed=1)}, tmp_path / "g", kind="seed-group")
+    with pytest.raises(SubmissionError, match=r"members \['a', 'again'\] of the seed group hold identical weights"):
+        load_surrogate(out)
