@@ -36,6 +36,7 @@ For each (cell, target), with the protocol's ranking ASR definition (``protocol.
   rate on the paired images is one observation, and the test is Welch's unequal-variance t test of the
   difference of the run means (the CI is Welch's t interval), so the seed-to-seed spread is the noise. With
   few seeds it has little power, and that is the honest answer: more seeds, not more images, decide it.
+  Where no side's runs spread at all, the exact permutation test over run labels gives p (no interval).
 - **Regression**: B significantly worse than A, ``p_holm < alpha`` and ``diff < -min_effect``. The CI is
   per cell and not adjusted for multiplicity; it reports the size of the difference, the verdict is Holm's.
   A comparison in which no (cell, target) has an image to compare is refused (exit 2), not passed.
@@ -46,6 +47,7 @@ For each (cell, target), with the protocol's ranking ASR definition (``protocol.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import zlib
@@ -55,7 +57,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from bench.metrics.asr import unpack_bits
 from bench.protocol import ASR_DEFINITIONS
@@ -135,9 +136,9 @@ class Comparison:
         if self.level == "recipe":
             return (
                 f"method (level recipe): diff = B - A of the mean over runs of each run's {self.asr} ASR on paired "
-                f"images ({self.runs_a} vs {self.runs_b} runs); 95% CI and p by Welch's t test on the run rates, "
-                + tests
-                + rule
+                f"images ({self.runs_a} vs {self.runs_b} runs); 95% CI and p by Welch's t test on the run rates "
+                "(permutation test of run labels where no side's runs spread); A only / B only count images, for "
+                "description only; " + tests + rule
             )
         return (
             f"method (level checkpoint): diff = B - A of the {self.asr} ASR on paired images; 95% CI by paired "
@@ -202,6 +203,15 @@ def _format_rows(df: pd.DataFrame) -> str:
 # --- statistics ----------------------------------------------------------------------------------------------------
 
 
+def _binom_cdf_half_exact(k: int, n: int) -> float:
+    """P[X <= k] for X ~ Binomial(n, 1/2), exactly with integers (the path without scipy)."""
+    term, total = 1, 1  # C(n, 0)
+    for i in range(k):
+        term = term * (n - i) // (i + 1)
+        total += term
+    return total / (1 << n)
+
+
 def mcnemar_exact(a_only: int, b_only: int) -> float:
     """Exact two-sided McNemar p-value from the discordant counts: ``min(1, 2 P[X <= min])``, X ~ Bin(a+b, 1/2)."""
     if a_only < 0 or b_only < 0:
@@ -209,7 +219,13 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     n, k = a_only + b_only, min(a_only, b_only)
     if n == 0:
         return 1.0
-    return min(1.0, 2.0 * float(stats.binom.cdf(k, n, 0.5)))
+    try:
+        from scipy.stats import binom
+    except ImportError:  # a minimal machine without scipy still runs the default comparison, exactly
+        cdf = _binom_cdf_half_exact(k, n)
+    else:
+        cdf = float(binom.cdf(k, n, 0.5))
+    return min(1.0, 2.0 * cdf)
 
 
 def sign_flip_p(d: np.ndarray, *, n_perm: int, rng: np.random.Generator) -> float:
@@ -236,21 +252,44 @@ def paired_p_value(d: np.ndarray, *, n_perm: int, rng: np.random.Generator) -> f
     return sign_flip_p(d, n_perm=n_perm, rng=rng)
 
 
+def run_permutation_p(rates_a: np.ndarray, rates_b: np.ndarray) -> float:
+    """Exact two-sided p of "no difference" by permuting the run labels: the share of the ``C(ka + kb, ka)``
+    splits of all runs into sides of the observed sizes whose mean difference is at least the observed one.
+    Its smallest value is ``2 / C(ka + kb, ka)`` (1/3 for 2 vs 2 runs, 1/10 for 3 vs 3)."""
+    pooled = np.concatenate([rates_a, rates_b]).astype(float)
+    ka, total = len(rates_a), pooled.sum()
+    observed = abs(float(np.mean(rates_b) - np.mean(rates_a)))
+    tol = 1e-12 * max(1.0, observed)
+    hits = count = 0
+    for side_a in itertools.combinations(range(pooled.size), ka):
+        sum_a = pooled[list(side_a)].sum()
+        hits += abs((total - sum_a) / (pooled.size - ka) - sum_a / ka) >= observed - tol
+        count += 1
+    return hits / count
+
+
 def welch(rates_a: np.ndarray, rates_b: np.ndarray, *, level: float = 0.95) -> tuple[float, float, float]:
     """(p, ci_lo, ci_hi) of ``mean(rates_b) - mean(rates_a)`` by Welch's unequal-variance t test, one rate per run.
 
-    Needs two or more runs per side. When both sides have no spread (every run of each side has the same rate)
-    the t statistic is undefined: the difference is then exact for these runs, p is 1 when it is 0 and 0
-    otherwise, and the interval is the point.
+    Needs two or more runs per side. When neither side's runs spread (every run of a side has the same rate,
+    common on few images, where rates move in steps of 1/n) the t statistic is undefined, and a handful of runs
+    cannot show that the spread is zero: p then comes from the exact permutation test over run labels
+    (:func:`run_permutation_p`), which needs no variance, and the interval is undefined (NaN).
     """
     a, b = np.asarray(rates_a, dtype=float), np.asarray(rates_b, dtype=float)
     if a.size < 2 or b.size < 2:
         raise ComparisonError(f"Welch's test needs two or more runs per side, got {a.size} and {b.size}")
+    try:
+        from scipy import stats
+    except ImportError:
+        raise ComparisonError(
+            "compare --level recipe needs scipy (Student's t distribution): pip install scipy"
+        ) from None
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # equal values exactly (a computed variance may round to 1e-33)
+        return run_permutation_p(a, b), math.nan, math.nan
     diff = float(b.mean() - a.mean())
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
     se = math.sqrt(va + vb)
-    if se == 0:
-        return (1.0 if diff == 0 else 0.0), diff, diff
     df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))  # Welch-Satterthwaite
     p = float(2 * stats.t.sf(abs(diff) / se, df))
     half = float(stats.t.ppf((1 + level) / 2, df)) * se

@@ -130,14 +130,20 @@ def _wheels_site(env: dict[str, str]) -> str | None:
 
 
 def _check_modules(modules: tuple[str, ...], env: dict[str, str]) -> None:
-    """Stop with the fix when a module the step needs cannot be imported in the commands' environment."""
-    code = "import importlib.util as u, sys; sys.exit(','.join(m for m in sys.argv[1:] if not u.find_spec(m)) or None)"
+    """Stop with the fix when a module the step needs does not import in the commands' environment (importing
+    it, not only finding it: a wheel installed without its dependencies is found but fails on import)."""
+    code = (
+        "import importlib, sys\n"
+        "for m in sys.argv[1:]:\n"
+        "    try:\n        importlib.import_module(m)\n"
+        "    except Exception as e:\n        sys.exit(f'{m} ({type(e).__name__}: {e})')"
+    )
     missing = subprocess.run([sys.executable, "-c", code, *modules], env=env, capture_output=True, text=True)
     if missing.returncode:
         raise SystemExit(
-            f"this step needs {missing.stderr.strip()}, which this machine lacks: put its wheel in .whl/ "
-            "(`python3 -m pip download --no-deps --only-binary=:all: -d .whl torchattacks==3.5.1`, "
-            "docs/gpu-runbook.md)"
+            f"this step needs {missing.stderr.strip()}, which does not import on this machine: put the wheels of "
+            "it and of what it lacks in .whl/ (`python3 -m pip download --no-deps --only-binary=:all: -d .whl "
+            "torchattacks==3.5.1`, docs/gpu-runbook.md)"
         )
 
 

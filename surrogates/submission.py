@@ -447,6 +447,9 @@ def save_surrogate(
     return atomic_folder(Path(out), fill, overwrite)
 
 
+_SEED_FREE = ("seed", "channels_last")  # hyperparameters seeds of one recipe may differ in (layout: same maths)
+
+
 def check_seed_group(members: Mapping[str, SurrogateConfig], where: Path) -> None:
     """Raise :class:`SubmissionError` unless ``members`` look like seeds of one recipe (see :func:`save_group`)."""
     fields = ("kind", "architecture", "arch_kwargs", "num_classes", "input_size", "mean", "std")
@@ -464,7 +467,7 @@ def check_seed_group(members: Mapping[str, SurrogateConfig], where: Path) -> Non
             if a is None or b is None:
                 continue  # not recorded (an external checkpoint): nothing to check
             if key == "hyperparameters" and isinstance(a, dict) and isinstance(b, dict):
-                differ = sorted(k for k in set(a) | set(b) if k != "seed" and a.get(k) != b.get(k))
+                differ = sorted(k for k in set(a) | set(b) if k not in _SEED_FREE and a.get(k) != b.get(k))
                 if differ:
                     raise SubmissionError(f"{where}: seed-group members {first_name!r} and {name!r} were trained with "
                                           f"different hyperparameters {differ}; only the seed may differ.")  # fmt: skip
@@ -485,7 +488,8 @@ def save_group(
 
     A seed group is several trainings of one recipe that differ in the seed only, so its members must share the
     model definition (architecture, its arguments, classes, input size, normalization) and, where their metadata
-    records them, the recipe and every hyperparameter but ``seed`` (see :func:`check_seed_group`).
+    records them, the recipe and every hyperparameter but ``seed`` and the layout switch ``channels_last`` (see
+    :func:`check_seed_group`); no two may hold the same weights.
     """
     if not members:
         raise SubmissionError(f"{out}: a {kind} needs at least one member.")
@@ -493,6 +497,11 @@ def save_group(
         _check_member_name(Path(out), member)
     if kind == "seed-group":
         check_seed_group({m: read_config(Path(src)) for m, src in members.items()}, Path(out))
+        weights = {m: hashlib.sha256((Path(src) / WEIGHTS_NAME).read_bytes()).hexdigest() for m, src in members.items()}
+        same = sorted(m for m, h in weights.items() if list(weights.values()).count(h) > 1)
+        if same:
+            raise SubmissionError(f"{out}: members {same} hold identical weights; a seed group needs one "
+                                  "independently trained checkpoint per seed.")  # fmt: skip
     cfg = SurrogateConfig(kind=kind, members=tuple(members), metadata=dict(metadata or {}))
     name = str(cfg.metadata.get("name") or Path(out).name)
 

@@ -4,6 +4,7 @@ contract."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from leaderboard.compare import (
     EXIT_REGRESSION,
     LEVELS,
     ComparisonError,
+    _binom_cdf_half_exact,
     compare,
     exit_code,
     gate,
@@ -25,6 +27,7 @@ from leaderboard.compare import (
     mcnemar_exact,
     paired_bootstrap_ci,
     paired_p_value,
+    run_permutation_p,
     sign_flip_p,
     welch,
 )
@@ -141,6 +144,8 @@ def test_p_value_is_the_exact_mcnemar_binomial(pair: tuple[Record, Record]) -> N
     for b, c in ((7, 30), (40, 41), (0, 1)):
         exact = min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c))
         assert mcnemar_exact(b, c) == pytest.approx(exact, rel=1e-9)
+        tail = sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c)
+        assert _binom_cdf_half_exact(min(b, c), b + c) == pytest.approx(tail, rel=1e-12)  # the scipy-free path
     with pytest.raises(ValueError, match="non-negative"):
         mcnemar_exact(-1, 3)
     a = _with_outcomes("x", 64, 0.5, seed=7)
@@ -384,8 +389,14 @@ def test_welch_is_scipys_unequal_variance_t_test_and_its_interval_inverts_it() -
     assert lo < b.mean() - a.mean() < hi
     for bound in (lo, hi):  # the 95% interval is where the test of "diff = bound" stops rejecting at 5 %
         assert welch(a, b - bound)[0] == pytest.approx(0.05, rel=1e-8)
-    assert welch(np.array([0.4, 0.4]), np.array([0.5, 0.5])) == (0.0, pytest.approx(0.1), pytest.approx(0.1))
-    assert welch(np.array([0.4, 0.4]), np.array([0.4, 0.4])) == (1.0, 0.0, 0.0)
+    # no spread on either side: a few runs cannot show that it is zero, so the exact run-label permutation test
+    p, lo, hi = welch(np.array([0.5, 0.5]), np.array([0.475, 0.475]))
+    assert p == pytest.approx(1 / 3) and math.isnan(lo) and math.isnan(hi)  # 2 of the 6 splits are as extreme
+    assert welch(np.array([0.4, 0.4, 0.4]), np.array([0.5, 0.5, 0.5]))[0] == pytest.approx(2 / 20)
+    assert welch(np.array([0.4, 0.4]), np.array([0.4, 0.4]))[0] == 1.0
+    # by hand: the splits of {.1, .2, .3, .5} into two pairs give |diff| .25, .15, .05, .05, .15, .25
+    assert run_permutation_p(np.array([0.1, 0.2]), np.array([0.3, 0.5])) == pytest.approx(2 / 6)
+    assert run_permutation_p(np.array([0.1, 0.2]), np.array([0.2, 0.3])) == pytest.approx(4 / 6)
     with pytest.raises(ComparisonError, match="two or more runs per side, got 1 and 3"):
         welch(np.array([0.4]), b[:3])
 
@@ -396,7 +407,7 @@ def _groups(rates_a: list[float], rates_b: list[float], n: int = 500) -> tuple[R
     recs = []
     for name, rates in (("recipe-a", rates_a), ("recipe-b", rates_b)):
         rec = _blank(name, len(rates), n)
-        rec.submission["sha256"] = name * 8
+        rec.submission["sha256"] = hashlib.sha256(name.encode()).hexdigest()
         runs = [np.arange(n) < round(r * n) for r in rates]
         _set_success(rec, cell, t, runs)
         recs.append(rec)
@@ -435,3 +446,21 @@ def test_level_recipe_needs_seed_groups_and_checkpoint_level_says_what_it_covers
     assert "level checkpoint" in text and "does not cover training-seed variance" in text and "--level recipe" in text
     same = compare(a, a).format()  # a rerun of one submission: the caveat does not apply
     assert "does not cover training-seed variance" not in same and "method (level checkpoint)" in same
+
+
+def test_the_cli_compares_seed_groups_at_recipe_level(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from bench.cli import main
+
+    a, b, _, _ = _groups([0.50, 0.51, 0.49, 0.50], [0.40, 0.41, 0.39, 0.40])
+    paths = []
+    for rec in (a, b, _blank("single", 1, 500)):
+        path = tmp_path / f"{rec.submission['name']}.json"
+        path.write_text(json.dumps(rec.to_json()))
+        paths.append(str(path))
+    assert main(["compare", paths[0], paths[1], "--level", "recipe", "--ranking-cell-only"]) == EXIT_REGRESSION
+    out = capsys.readouterr().out
+    assert "method (level recipe)" in out and "4 vs 4 runs" in out and "REGRESSION" in out
+    assert main(["compare", paths[2], paths[1], "--level", "recipe"]) == EXIT_NOT_COMPARABLE
+    assert "each side needs two or more" in capsys.readouterr().err

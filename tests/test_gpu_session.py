@@ -82,10 +82,16 @@ def test_a_module_the_step_needs_is_checked_before_anything_runs(
     monkeypatch.setattr(session, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(session, "ROOT", tmp_path)  # no .whl/ here
     monkeypatch.setitem(session.STEP_MODULES, 1, ("json", "transferbench_no_such_module"))
-    with pytest.raises(SystemExit, match="needs transferbench_no_such_module, which this machine lacks: put its wheel"):
+    with pytest.raises(SystemExit, match=r"needs transferbench_no_such_module \(ModuleNotFoundError: No module named"):
         session.run_step(1, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()  # nothing ran, nothing packed
     session._check_modules(("json", "torch"), dict(os.environ))  # present: no error
+    broken = tmp_path / "site" / "tb_broken_wheel.py"  # found, but its own import fails (a missing dependency)
+    broken.parent.mkdir()
+    broken.write_text("import transferbench_missing_dependency\n")
+    env = {**os.environ, "PYTHONPATH": str(broken.parent)}
+    with pytest.raises(SystemExit, match=r"needs tb_broken_wheel \(ModuleNotFoundError: .*transferbench_missing_dep"):
+        session._check_modules(("tb_broken_wheel",), env)
 
 
 def _py(code: str) -> list[str]:

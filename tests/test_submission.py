@@ -676,6 +676,8 @@ def test_a_seed_group_holds_one_recipe_that_differs_in_the_seed_only(tmp_path: P
     longer = member("longer", 4, hyper={"epochs": 30})
     with pytest.raises(SubmissionError, match=r"different hyperparameters \['epochs'\]; only the seed may differ"):
         save_group({"s0": s0, "longer": longer}, tmp_path / "g2", kind="seed-group")
+    laid_out = member("laid-out", 7, hyper={"channels_last": True})  # a memory layout, not another recipe
+    assert save_group({"s0": s0, "laid-out": laid_out}, tmp_path / "g5", kind="seed-group").is_dir()
     wider = _save_digits(tmp_path / "wider", seed=5, arch_kwargs={"width": 16})
     with pytest.raises(SubmissionError, match="differ in arch_kwargs"):
         save_group({"s0": s0, "wider": wider}, tmp_path / "g3", kind="seed-group")
@@ -689,6 +691,11 @@ def test_a_seed_group_holds_one_recipe_that_differs_in_the_seed_only(tmp_path: P
 def test_a_seed_group_with_the_same_checkpoint_twice_is_refused(tmp_path: Path) -> None:
     """One checkpoint counted twice would halve the seed-to-seed spread a recipe-level comparison relies on."""
     a = _save_digits(tmp_path / "a", seed=0)
-    out = save_group({"a": a, "again": a, "b": _save_digits(tmp_path / "b", seed=1)}, tmp_path / "g", kind="seed-group")
+    members = {"a": a, "again": a, "b": _save_digits(tmp_path / "b", seed=1)}
+    with pytest.raises(SubmissionError, match=r"members \['a', 'again'\] hold identical weights"):
+        save_group(members, tmp_path / "g", kind="seed-group")
+    assert not (tmp_path / "g").exists()
+    out = save_group(members, tmp_path / "g", kind="ensemble")  # a hand-made seed group: load refuses it too
+    (out / CONFIG_NAME).write_text((out / CONFIG_NAME).read_text().replace('"ensemble"', '"seed-group"'))
     with pytest.raises(SubmissionError, match=r"members \['a', 'again'\] of the seed group hold identical weights"):
         load_surrogate(out)
