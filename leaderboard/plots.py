@@ -18,7 +18,8 @@ accuracy, fooling rate (at the ranking cell), smoothness (mean dominant Hessian 
 scatter plot use one point per surrogate: canonical records only (partial and other-precision runs are left
 out, they would count a surrogate twice with numbers measured differently), from each protocol's main ranking
 group (the one with most canonical records; other data or target weights are left out), and the output says
-what was left out.
+what was left out. A protocol without any canonical record (a pilot of ``--limit`` runs) is analysed on its
+partial runs at the protocol's precision that share one image subset, and the note says so.
 
 The ASR figures draw every record, deviating runs included under their own labels (``(partial)``, ``(bf16)``),
 matching records by their integrity hash, so a canonical and a deviating run of one surrogate never merge.
@@ -41,7 +42,7 @@ from matplotlib.figure import Figure
 from leaderboard.export import by_protocol, long_table, pooled_interval, surrogate_labels
 from leaderboard.record import Record
 from leaderboard.store import StoreError, protocol_key
-from leaderboard.table import group_order, leaderboard_order, ranking_groups
+from leaderboard.table import group_order, leaderboard_order, ranking_groups, target_weights
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,20 @@ def analysis_records(records: Iterable[Record]) -> tuple[list[Record], dict[str,
     """The records the factor analysis uses, one per surrogate, and per protocol what was left out and why.
 
     Kept: canonical records (no ``deviations``) of each protocol's main ranking group (most canonical records;
-    :func:`leaderboard.table.ranking_groups`), the first per surrogate sha256 in leaderboard order.
+    :func:`leaderboard.table.ranking_groups`), the first per surrogate sha256 in leaderboard order. A protocol
+    with no canonical record at all (a pilot study of ``--limit`` runs) is analysed on its partial runs at the
+    protocol's precision instead, grouped by the exact image subset (the subset's own data sha256, so runs of
+    different ``--limit`` values never mix), and its note says so.
     """
     records = leaderboard_order(records)
-    canonical = [r for r in records if not r.deviations]
-    keys = ranking_groups(canonical)
+    with_full = {protocol_key(r.protocol) for r in records if not r.deviations}
+    pilot = {id(r) for r in records if protocol_key(r.protocol) not in with_full and r.data.get("partial")
+             and not r.off_protocol_precision}  # fmt: skip
+    pool = [r for r in records if not r.deviations or id(r) in pilot]
+    keys = [(k[0], str(r.data["sha256"]), target_weights(r)) if id(r) in pilot else k
+            for r, k in zip(pool, ranking_groups(pool), strict=True)]  # fmt: skip
     order = group_order(keys)
-    group_of = {id(r): order[k] for r, k in zip(canonical, keys, strict=True)}
+    group_of = {id(r): order[k] for r, k in zip(pool, keys, strict=True)}
     main: dict[str, int] = {}
     for k in keys:
         main[k[0]] = min(main.get(k[0], order[k]), order[k])
@@ -79,7 +87,7 @@ def analysis_records(records: Iterable[Record]) -> tuple[list[Record], dict[str,
     kept, seen = [], set()
     for r in records:
         proto, sha = protocol_key(r.protocol), r.submission["sha256"]
-        if r.deviations:
+        if id(r) not in group_of:
             why = "partial or other-precision run(s)"
         elif group_of[id(r)] != main[proto]:
             why = "record(s) on other data or target weights"
@@ -91,6 +99,11 @@ def analysis_records(records: Iterable[Record]) -> tuple[list[Record], dict[str,
             continue
         left.setdefault(proto, {})[why] = left.get(proto, {}).get(why, 0) + 1
     notes = {p: [f"left out {n} {why}" for why, n in whys.items()] for p, whys in left.items()}
+    for r in kept:
+        proto = protocol_key(r.protocol)
+        if id(r) in pilot and not any(n.startswith("no full run") for n in notes.get(proto, [])):
+            subset = f"{r.data.get('n_images')} images (data sha256 {str(r.data['sha256'])[:12]})"
+            notes.setdefault(proto, []).insert(0, f"no full run: partial runs on one subset of {subset}")
     return kept, notes
 
 
@@ -132,6 +145,8 @@ def ols_r2(y: Sequence[float], x: np.ndarray) -> float:
     has R^2 = 1 whatever the data) or when ``y`` is constant.
     """
     ya = np.asarray(y, dtype=float)
+    if ya.size == 0:
+        return math.nan
     xa = np.asarray(x, dtype=float).reshape(len(ya), -1)
     ok = np.isfinite(ya) & np.isfinite(xa).all(axis=1)
     ya, xa = ya[ok], xa[ok]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import re
@@ -33,6 +34,7 @@ from leaderboard.plots import (
     asr_vs_eps,
     asr_vs_factors,
     heatmap,
+    ols_r2,
     write_plots,
 )
 from leaderboard.record import Record
@@ -344,6 +346,33 @@ def test_the_factor_analysis_counts_each_surrogate_once_from_its_main_group() ->
     row = analysis_table(recs + extra).iloc[0]
     assert row["n_records"] == 6 and "left out 1 partial" in row["note"]
     assert row["r_smoothness"] == pytest.approx(analysis_table(recs).iloc[0]["r_smoothness"])
+
+
+def test_a_protocol_with_only_partial_runs_is_analysed_on_one_image_subset(tmp_path: Path) -> None:
+    """A pilot study of --limit runs: no full run exists, so the analysis (and its scatter plot) uses the partial
+    runs on the subset most of them share; runs on another subset or at another precision stay out."""
+    recs = _varied(5)
+    for r in recs:
+        r.data["partial"] = True  # one --limit value: one subset, one data hash
+        r.data["sha256"] = "a" * 64
+    other = make_record("other-limit", partial=True, data_sha256="b" * 64)  # another --limit: other images
+    bf16 = copy.deepcopy(make_record("bf16", partial=True, data_sha256="a" * 64))
+    bf16.provenance.update(precision="bf16", precision_matches_protocol=False)
+    kept, notes = analysis_records([*recs, other, bf16])
+    assert {r.submission["name"] for r in kept} == {f"s{i}" for i in range(5)}
+    assert notes["smoke-digits-v2"][0] == f"no full run: partial runs on one subset of {recs[0].data['n_images']} " \
+        "images (data sha256 aaaaaaaaaaaa)"  # fmt: skip
+    assert sorted(notes["smoke-digits-v2"][1:]) == ["left out 1 partial or other-precision run(s)",
+                                                    "left out 1 record(s) on other data or target weights"]  # fmt: skip
+    row = analysis_table([*recs, other, bf16]).iloc[0]
+    assert row["n_records"] == 5 and not math.isnan(row["r_smoothness"]) and "no full run" in row["note"]
+    assert len(write_plots([*recs, other], tmp_path)) == 3  # the factor figure included (it used to crash)
+    full = make_record("full")  # one full run: the analysis is of full runs again, the partial ones left out
+    kept, notes = analysis_records([*recs, full])
+    assert [r.submission["name"] for r in kept] == ["full"] and not any(
+        "no full run" in n for n in notes["smoke-digits-v2"]
+    )
+    assert math.isnan(ols_r2([], np.empty((0, 2))))
 
 
 def test_write_plots_writes_every_figure_per_protocol(tmp_path: Path) -> None:
