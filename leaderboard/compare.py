@@ -456,7 +456,7 @@ def compare(
         raise ComparisonError(
             f"--level recipe compares seed groups: A ({a.submission['name']}) has {len(a.runs)} run(s) and B "
             f"({b.submission['name']}) {len(b.runs)}; each side needs two or more. Train more seeds of each recipe "
-            "and evaluate them as a seed group (surrogates.save_group(..., kind='seed-group')), or compare these "
+            "and evaluate them as a seed group (`transferbench group OUT FOLDERS...`), or compare these "
             "checkpoints with --level checkpoint."
         )
     asr = asr or a.protocol.get("ranking_asr", "target_correct")
@@ -490,13 +490,14 @@ def compare(
             need_b, runs_b = _per_image(b, cell, t, asr, n, "B")
             if asr == "both_correct":
                 mask &= need_a & need_b
-            fa, fb = runs_a[:, mask].mean(axis=0), runs_b[:, mask].mean(axis=0)  # per-image success fraction
+            runs_a, runs_b = runs_a[:, mask], runs_b[:, mask]  # (runs, paired images)
+            fa, fb = runs_a.mean(axis=0), runs_b.mean(axis=0)  # per-image success fraction
             d = fb - fa
             a_only, b_only = int((d < 0).sum()), int((d > 0).sum())
             if not d.size:
                 p, lo, hi = math.nan, math.nan, math.nan
             elif level == "recipe":
-                p, lo, hi = welch(runs_a[:, mask].mean(axis=1), runs_b[:, mask].mean(axis=1))
+                p, lo, hi = welch(runs_a.mean(axis=1), runs_b.mean(axis=1))  # one rate per run
             else:
                 rng = np.random.default_rng([seed, zlib.crc32(f"{cell}|{t}".encode())])
                 lo, hi = paired_bootstrap_ci(d, n_boot=n_boot, rng=rng)

@@ -99,11 +99,13 @@ def analysis_records(records: Iterable[Record]) -> tuple[list[Record], dict[str,
             continue
         left.setdefault(proto, {})[why] = left.get(proto, {}).get(why, 0) + 1
     notes = {p: [f"left out {n} {why}" for why, n in whys.items()] for p, whys in left.items()}
+    first_partial: dict[str, Record] = {}  # per protocol analysed on partial runs, one of its kept runs
     for r in kept:
-        proto = protocol_key(r.protocol)
-        if id(r) in pilot and not any(n.startswith("no full run") for n in notes.get(proto, [])):
-            subset = f"{r.data.get('n_images')} images (data sha256 {str(r.data['sha256'])[:12]})"
-            notes.setdefault(proto, []).insert(0, f"no full run: partial runs on one subset of {subset}")
+        if id(r) in pilot:
+            first_partial.setdefault(protocol_key(r.protocol), r)
+    for proto, r in first_partial.items():
+        subset = f"{r.data.get('n_images')} images (data sha256 {str(r.data['sha256'])[:12]})"
+        notes.setdefault(proto, []).insert(0, f"no full run: partial runs on one subset of {subset}")
     return kept, notes
 
 

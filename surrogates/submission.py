@@ -29,7 +29,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import nn
 
-from bench.hashing import sha256_text
+from bench.hashing import sha256_file, sha256_text
 from bench.hubclient import snapshot_commit
 from bench.jsonvalues import is_finite_number, is_positive_int
 from bench.models import NormalizedModel, build_model, known_architecture
@@ -333,8 +333,8 @@ def load_surrogate(location: str | os.PathLike, device: str | torch.device = "cp
         values = {getattr(mm, attr, None) for mm in members}
         if len(values) != 1:
             raise SubmissionError(f"{folder}: members disagree on {attr} ({sorted(map(str, values))}).")
-    if cfg.kind == "seed-group" and len(set(shas.values())) < len(shas):
-        same = sorted(m for m in shas if list(shas.values()).count(shas[m]) > 1)
+    same = _same_weights(shas) if cfg.kind == "seed-group" else []
+    if same:
         raise SubmissionError(f"{folder}: members {same} of the seed group hold identical weights; a seed group needs "
                               "one independently trained checkpoint per seed.")  # fmt: skip
     sha = sha256_text(json.dumps({"kind": cfg.kind, "members": shas}, sort_keys=True))
@@ -447,6 +447,12 @@ def save_surrogate(
     return atomic_folder(Path(out), fill, overwrite)
 
 
+def _same_weights(shas: Mapping[str, str]) -> list[str]:
+    """The members (sorted) whose weights sha256 another member shares."""
+    hashes = list(shas.values())
+    return sorted(m for m, h in shas.items() if hashes.count(h) > 1)
+
+
 _SEED_FREE = ("seed", "channels_last")  # hyperparameters seeds of one recipe may differ in (layout: same maths)
 
 
@@ -495,10 +501,10 @@ def save_group(
         raise SubmissionError(f"{out}: a {kind} needs at least one member.")
     for member in members:
         _check_member_name(Path(out), member)
+    configs = {m: read_config(Path(src)) for m, src in members.items()}
     if kind == "seed-group":
-        check_seed_group({m: read_config(Path(src)) for m, src in members.items()}, Path(out))
-        weights = {m: hashlib.sha256((Path(src) / WEIGHTS_NAME).read_bytes()).hexdigest() for m, src in members.items()}
-        same = sorted(m for m, h in weights.items() if list(weights.values()).count(h) > 1)
+        check_seed_group(configs, Path(out))
+        same = _same_weights({m: sha256_file(Path(src) / WEIGHTS_NAME) for m, src in members.items()})
         if same:
             raise SubmissionError(f"{out}: members {same} hold identical weights; a seed group needs one "
                                   "independently trained checkpoint per seed.")  # fmt: skip
@@ -507,7 +513,7 @@ def save_group(
 
     def fill(tmp: Path) -> None:
         for member, src in members.items():
-            if read_config(Path(src)).kind != "single":
+            if configs[member].kind != "single":
                 raise SubmissionError(f"{src}: only single checkpoints can be members of a {kind}.")
             shutil.copytree(src, tmp / member)
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
