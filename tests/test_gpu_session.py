@@ -81,6 +81,10 @@ def test_a_module_the_step_needs_is_checked_before_anything_runs(
     assert session.STEP_MODULES[2] == session.STEP_MODULES[3] == ("torchattacks",)  # comparison, AutoAttack
     monkeypatch.setattr(session, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(session, "ROOT", tmp_path)  # no .whl/ here
+    # present, so the module check is what stops the step (a clean checkout has no .carry)
+    for name in ("DATA", "WEIGHTS"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setattr(session, name, tmp_path / name)
     monkeypatch.setitem(session.STEP_MODULES, 1, ("json", "transferbench_no_such_module"))
     with pytest.raises(SystemExit, match=r"needs transferbench_no_such_module \(ModuleNotFoundError: No module named"):
         session.run_step(1, tmp_path / "out")
