@@ -312,26 +312,29 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from bench.data import load_cifar10, load_digits_smoke
-    from surrogates.recipes import parse_overrides, train_recipe
+    from surrogates.recipes import parse_overrides, train_recipe, train_seeds
 
+    seeds = None
+    if args.seeds is not None:  # read before any data is loaded
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. --seeds 0,1,2") from None
     if args.data == "cifar10":
         data = load_cifar10("train", args.data_dir)
     else:  # digits outside the smoke protocol's held-out list
         data = load_digits_smoke()
         held_out = set(get_protocol("smoke-digits").image_ids)
         data = data.subset(torch.tensor([i for i, k in enumerate(data.ids.tolist()) if k not in held_out]))
+    options = {"arch": args.arch, "arch_kwargs": json.loads(args.arch_kwargs), "out_dir": args.out,
+               "overrides": parse_overrides(args.params), "device": _device(args.device),
+               "overwrite": args.overwrite}  # fmt: skip
     with deterministic_algorithms(args.deterministic):
-        out = train_recipe(
-            args.recipe,
-            data,
-            arch=args.arch,
-            arch_kwargs=json.loads(args.arch_kwargs),
-            out_dir=args.out,
-            overrides=parse_overrides(args.params),
-            device=_device(args.device),
-            overwrite=args.overwrite,
-        )
-    print(f"submission written to {out}")
+        if seeds is None:
+            print(f"submission written to {train_recipe(args.recipe, data, **options)}")
+            return 0
+        out = train_seeds(args.recipe, data, seeds, **options)
+    print(f"seed group of {len(seeds)} trainings written to {out} (members beside it: {out.name}-s<seed>)")
     return 0
 
 
@@ -424,9 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights-dir", help="local mirror of target weights")
     t.add_argument("--device", default="auto")
     t.set_defaults(func=cmd_targets_verify)
+    # No abbreviations where extra --name value pairs are hyperparameters: `--seed 3` must never be read as --seeds.
     t = tsub.add_parser(
-        "train", help="train a project zoo target with its seeded recipe (extra --name value overrides)"
-    )
+        "train", help="train a project zoo target with its seeded recipe (extra --name value overrides)",
+        allow_abbrev=False,
+    )  # fmt: skip
     t.add_argument("name", help="zoo target name (e.g. tb-resnet50; `transferbench targets list`)")
     t.add_argument("--out", required=True, help="folder to write (weights, config.json, model card)")
     t.add_argument("--data-dir", help="local CIFAR-10 mirror")
@@ -511,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--show", metavar="NAME", help="print one recipe's full configuration")
     s.set_defaults(func=cmd_recipes)
 
-    s = sub.add_parser("train", help="train a surrogate with a recipe; extra --name value pairs override its config")
+    s = sub.add_parser("train", help="train a surrogate with a recipe; extra --name value pairs override its config",
+                       allow_abbrev=False)  # fmt: skip
     s.add_argument("recipe", help="recipe name (see `transferbench recipes`)")
     s.add_argument("--out", required=True, help="submission folder to write")
     s.add_argument("--data", choices=["cifar10", "digits"], default="cifar10")
@@ -519,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", default="cifar_resnet18")
     s.add_argument("--arch-kwargs", default="{}", help="JSON object of architecture arguments")
     s.add_argument("--device", default="auto")
+    s.add_argument("--seeds", metavar="S1,S2,...",
+                   help="train once per seed, each into OUT-s<seed>, and assemble them as the seed group OUT "
+                        "(members already trained with the same settings are kept: a rerun resumes)")  # fmt: skip
     s.add_argument("--overwrite", action="store_true")
     _deterministic_option(s)
     s.set_defaults(func=cmd_train)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import math
 import shutil
@@ -42,7 +43,7 @@ from bench.registry import Registry
 from surrogates.augment import AdversarialExamples, Augment, eval_mode
 from surrogates.regularizers import INPUT_PENALTIES, Objective
 from surrogates.sam import SAM
-from surrogates.submission import SubmissionError, load_surrogate, save_group, save_surrogate
+from surrogates.submission import SubmissionError, load_surrogate, read_config, save_group, save_surrogate
 from surrogates.training import EpochLog, TrainParts, evaluate_accuracy, fit, lr_factor, model_device
 
 log = logging.getLogger(__name__)
@@ -590,3 +591,82 @@ def train_recipe(
     if ckpts is not None:
         return _save_early_stopping(recipe, cfg, data, spec, model, run, ckpts, out, overwrite)
     return spec.save(model, out, _metadata(recipe, cfg, data, out.name, run, dev), overwrite)
+
+
+def seed_member(out_dir: str | Path, seed: int) -> Path:
+    """Where :func:`train_seeds` writes the member of ``seed``: beside the group, ``<group>-s<seed>``."""
+    out = Path(out_dir)
+    return out.with_name(f"{out.name}-s{seed}")
+
+
+def _trained_differently(member: Path, recipe_name: str, cfg: RecipeConfig, arch: str,
+                         arch_kwargs: Mapping[str, Any], data_sha256: str) -> list[str]:  # fmt: skip
+    """What about an existing member folder differs from the training asked for (empty: it is that training)."""
+    found = read_config(member)
+    meta = found.metadata
+    if found.kind != "single":
+        return [f"kind ({found.kind!r}, not a single checkpoint)"]
+    wanted = {"recipe": recipe_name, "architecture": arch, "arch_kwargs": dict(arch_kwargs),
+              "training data": data_sha256}  # fmt: skip
+    have = {"recipe": meta.get("recipe"), "architecture": found.architecture, "arch_kwargs": dict(found.arch_kwargs),
+            "training data": (meta.get("train_data") or {}).get("sha256")}  # fmt: skip
+    differ = [k for k in wanted if have[k] != wanted[k]]
+    hp_want = json.loads(json.dumps(asdict(cfg)))  # as the config file holds them: tuples as lists
+    hp_have = meta.get("hyperparameters")
+    if not isinstance(hp_have, dict):
+        return [*differ, "hyperparameters (not recorded)"]
+    return differ + [
+        f"hyperparameter {k}" for k in sorted(set(hp_have) | set(hp_want)) if hp_have.get(k) != hp_want.get(k)
+    ]
+
+
+def train_seeds(
+    recipe_name: str,
+    data: ImageSet,
+    seeds: Sequence[int],
+    *,
+    arch: str,
+    out_dir: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    arch_kwargs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train ``recipe_name`` once per seed and assemble the runs as the seed group ``out_dir``; returns it.
+
+    Each seed's checkpoint is a submission of its own at :func:`seed_member` (``<out>-s<seed>``), written as it
+    finishes, so it can be evaluated alone too. A member folder that exists already and records this very
+    training (recipe, every hyperparameter with its seed, architecture and its arguments, training data
+    sha256) is kept, not retrained: a run cut short resumes with the seeds still missing. One that records
+    anything else is an error naming what differs, unless ``overwrite``. The group is written last.
+    """
+    seeds = [int(s) for s in seeds]
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed group needs two or more different seeds, got {seeds}")
+    overrides = dict(overrides or {})
+    if any(k.lstrip("-").replace("-", "_") == "seed" for k in overrides):
+        raise ValueError("give the seeds with --seeds only, not also as the seed hyperparameter")
+    base = configure(recipe_name, overrides)
+    if base.lgv_epochs > 0:
+        raise ValueError(f"recipe {recipe_name!r} writes an LGV ensemble per training, and a seed group holds "
+                         "single checkpoints: train each seed with `transferbench train --seed N`")  # fmt: skip
+    out, kwargs = Path(out_dir), dict(arch_kwargs or {})
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) or choose another folder.")
+    data_sha256 = data.content_sha256()
+    members: dict[str, Path] = {}
+    for seed in seeds:
+        member, cfg = seed_member(out, seed), dataclasses.replace(base, seed=seed)
+        if member.exists() and not overwrite:
+            differ = _trained_differently(member, recipe_name, cfg, arch, kwargs, data_sha256)
+            if differ:
+                raise FileExistsError(f"{member} exists but holds another training (it differs in "
+                                      f"{', '.join(differ)}); pass --overwrite or choose another --out.")  # fmt: skip
+            log.info("seed %d: keeping %s, trained already with these settings", seed, member)
+        else:
+            log.info("seed %d of %s: training %s", seed, seeds, member)
+            train_recipe(recipe_name, data, arch=arch, out_dir=member, overrides={**overrides, "seed": seed},
+                         device=device, arch_kwargs=kwargs, overwrite=overwrite)  # fmt: skip
+        members[member.name] = member
+    meta = {"name": out.name, "recipe": recipe_name}
+    return save_group(members, out, kind="seed-group", metadata=meta, overwrite=overwrite)

@@ -84,6 +84,24 @@ def test_train_a_recipe_on_digits(tmp_path: Path) -> None:
     assert main(["train", "ir", "--out", str(tmp_path / "x"), "--data", "digits", "--no-such-field", "1"]) == 1
 
 
+def test_train_seeds_writes_a_seed_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "st", "--data", "digits", "--arch", "small_cnn", "--arch-kwargs", json.dumps({"width": 4}),
+            "--device", "cpu", "--epochs", "1", "--warmup-epochs", "0", "--crop-padding", "0",
+            "--hflip", "false"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "st"), "--seeds", "0, 2"]) == 0
+    assert "seed group of 2 trainings written to" in capsys.readouterr().out
+    group = load_surrogate(tmp_path / "st")
+    assert group.kind == "seed-group" and group.run_names == ["st-s0", "st-s2"]
+    assert [load_surrogate(tmp_path / f"st-s{k}").config.metadata["hyperparameters"]["seed"] for k in (0, 2)] == [0, 2]
+    assert main([*args, "--out", str(tmp_path / "bad"), "--seeds", "0,one"]) == 1
+    assert "--seeds '0,one': give integers separated by commas" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "twice"), "--seeds", "0,1", "--seed", "4"]) == 1
+    assert "with --seeds only" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["st", "st-s0", "st-s2"]
+    assert main([*args, "--out", str(tmp_path / "one"), "--seed", "4"]) == 0  # the hyperparameter, not --seeds
+    assert load_surrogate(tmp_path / "one").config.metadata["hyperparameters"]["seed"] == 4
+
+
 def test_targets_train_writes_a_zoo_target_and_pins_need_the_full_list(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

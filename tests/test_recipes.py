@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ from surrogates.recipes import (
     build_parts,
     configure,
     parse_overrides,
+    seed_member,
     train_recipe,
+    train_seeds,
 )
 from surrogates.regularizers import Objective, jacobian_sq_frobenius, penalty_form, smoothed_targets
 from surrogates.sam import SAM, frozen_bn_stats
@@ -149,6 +152,62 @@ def test_existing_output_is_not_overwritten(digits: ImageSet, tmp_path: Path) ->
     (tmp_path / "st").mkdir()
     with pytest.raises(FileExistsError):
         train_quick("st", digits, tmp_path / "st")
+
+
+def test_train_seeds_writes_each_seeds_training_and_their_group(digits: ImageSet, tmp_path: Path) -> None:
+    def seeds(out: Path, which: list[int], **overrides: object) -> Path:
+        ov = {**QUICK, **overrides}
+        return train_seeds("st", digits, which, arch=TINY_ARCH[0], arch_kwargs=TINY_ARCH[1], out_dir=out, overrides=ov)
+
+    group = seeds(tmp_path / "st", [0, 1])
+    sur = load_surrogate(group)
+    assert sur.kind == "seed-group" and sur.run_names == ["st-s0", "st-s1"]
+    assert sur.config.metadata == {"name": "st", "recipe": "st"}
+    s0, s1 = seed_member(group, 0), seed_member(group, 1)
+    assert s1 == tmp_path / "st-s1" and load_surrogate(s1).config.metadata["hyperparameters"]["seed"] == 1
+    alone = train_quick("st", digits, tmp_path / "alone", seed=1)  # a member is that seed's single training
+    assert (s1 / "model.safetensors").read_bytes() == (alone / "model.safetensors").read_bytes()
+    assert (group / "st-s1" / "model.safetensors").read_bytes() == (alone / "model.safetensors").read_bytes()
+    assert (s0 / "model.safetensors").read_bytes() != (s1 / "model.safetensors").read_bytes()
+
+    with pytest.raises(FileExistsError, match="st exists"):  # checked before any training
+        seeds(group, [0, 1, 2])
+    assert not seed_member(group, 2).exists()
+    # Resuming: the group and seed 1 are gone, seed 0 is kept as it is and seed 2 is trained.
+    shutil.rmtree(group), shutil.rmtree(s1)
+    kept = (s0 / "model.safetensors").stat().st_mtime_ns
+    group = seeds(tmp_path / "st", [0, 1, 2])
+    assert (s0 / "model.safetensors").stat().st_mtime_ns == kept
+    assert load_surrogate(group).run_names == ["st-s0", "st-s1", "st-s2"]
+    assert (s1 / "model.safetensors").read_bytes() == (alone / "model.safetensors").read_bytes()
+    # A member trained otherwise is never taken into the group.
+    shutil.rmtree(group)
+    with pytest.raises(FileExistsError, match=r"st-s0 exists but holds another training .*hyperparameter lr"):
+        seeds(tmp_path / "st", [0, 1], lr=0.01)
+    assert not group.exists()
+    with pytest.raises(FileExistsError, match=r"differs in architecture"):
+        train_seeds("st", digits, [0, 1], arch="cifar_resnet18", arch_kwargs={"width": 4}, out_dir=group,
+                    overrides=QUICK)  # fmt: skip
+    assert not group.exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "which", "overrides", "message"),
+    [
+        ("st", [0], {}, "two or more different seeds"),
+        ("st", [1, 1], {}, "two or more different seeds"),
+        ("st", [0, 1], {"seed": 3}, "with --seeds only"),
+        ("lgv", [0, 1], {}, "LGV ensemble per training"),
+        ("st", [0, 1], {"no_such": 1}, "unknown hyperparameter"),
+    ],
+)
+def test_train_seeds_refuses_what_is_no_seed_group(
+    recipe: str, which: list[int], overrides: dict[str, object], message: str, digits: ImageSet, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        train_seeds(recipe, digits, which, arch=TINY_ARCH[0], arch_kwargs=TINY_ARCH[1], out_dir=tmp_path / "g",
+                    overrides={**QUICK, **EXTRA.get(recipe, {}), **overrides})  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- the demo's trainer is unchanged ------------------------------------------------------------------------
