@@ -12,14 +12,16 @@
 Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas, never through ``pyplot``, so
 no global state is touched and nothing needs a display. ``path=`` saves PNG or PDF (by suffix) atomically.
 
-Per-record factors: ``score`` is ``record.score.mean`` (%, the mean over seeds for a seed group); clean
-accuracy, fooling rate (at the ranking cell), smoothness (mean dominant Hessian eigenvalue) and similarity
-(mean over targets of the mean gradient cosine) are averaged over a record's runs. The factor analysis and its
-scatter plot use one point per surrogate: canonical records only (partial and other-precision runs are left
-out, they would count a surrogate twice with numbers measured differently), from each protocol's main ranking
-group (the one with most canonical records; other data or target weights are left out), and the output says
-what was left out. A protocol without any canonical record (a pilot of ``--limit`` runs) is analysed on its
-partial runs at the protocol's precision that share one image subset, and the note says so.
+Factors per checkpoint (one run of a record; a seed group has one per seed): ``score`` is the run's ranking
+number (``record.score.per_run``, %), with its clean accuracy, white-box fooling rate at the ranking cell,
+smoothness (mean dominant Hessian eigenvalue) and similarity (mean over targets of the mean gradient cosine).
+The factor analysis and its scatter plot use one point per trained checkpoint: canonical records only
+(partial and other-precision runs are left out, they would count a surrogate twice with numbers measured
+differently), from each protocol's main ranking group (the one with most canonical records; other data or
+target weights are left out), and a checkpoint held by two records (a seed evaluated alone and in its seed
+group) once; the output says what was left out. A protocol without any canonical record (a pilot of
+``--limit`` runs) is analysed on its partial runs at the protocol's precision that share one image subset,
+and the note says so.
 
 The ASR figures draw every record, deviating runs included under their own labels (``(partial)``, ``(bf16)``),
 matching records by their integrity hash, so a canonical and a deviating run of one surrogate never merge.
@@ -39,6 +41,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from leaderboard.consistency import run_scores
 from leaderboard.export import by_protocol, long_table, pooled_interval, surrogate_labels
 from leaderboard.record import Record
 from leaderboard.store import StoreError, protocol_key
@@ -109,23 +112,55 @@ def analysis_records(records: Iterable[Record]) -> tuple[list[Record], dict[str,
     return kept, notes
 
 
+def analysis_runs(records: Iterable[Record]) -> tuple[list[tuple[Record, int]], dict[str, list[str]]]:
+    """The checkpoints the factor analysis uses, as (record, run index), and per protocol what was left out.
+
+    Every run of the records of :func:`analysis_records` is one trained checkpoint; a seed group's runs are
+    points of their own. A checkpoint (its weights sha256) that several kept records hold, such as a seed
+    evaluated alone and again inside its seed group, counts once, from the first record in leaderboard order.
+    """
+    kept, notes = analysis_records(records)
+    out: list[tuple[Record, int]] = []
+    seen: set[tuple[str, str]] = set()
+    repeated: dict[str, int] = {}
+    for r in kept:
+        proto = protocol_key(r.protocol)
+        for i, run in enumerate(r.runs):
+            checkpoint = (proto, str(run.get("sha256") or f"{r.submission['sha256']}/{i}"))
+            if checkpoint in seen:
+                repeated[proto] = repeated.get(proto, 0) + 1
+                continue
+            seen.add(checkpoint)
+            out.append((r, i))
+    for proto, n in repeated.items():
+        notes.setdefault(proto, []).append(f"counted once: {n} run(s) of a checkpoint another record holds too "
+                                           "(a seed evaluated alone and in its seed group)")  # fmt: skip
+    return out, notes
+
+
+def _run_scores(r: Record) -> list[float]:
+    per_run = r.score.get("per_run")
+    return [float(v) for v in per_run] if isinstance(per_run, list) and len(per_run) == len(r.runs) else run_scores(r)
+
+
 def record_factors(records: Iterable[Record]) -> pd.DataFrame:
-    """One row per surrogate (leaderboard order; the records of :func:`analysis_records`: canonical runs of each
-    protocol's main ranking group): protocol, surrogate, score %, clean_acc %, fooling_rate %, smoothness,
-    similarity, each a mean over a seed group's runs."""
-    records, _ = analysis_records(records)
+    """One row per checkpoint (:func:`analysis_runs`, leaderboard order): protocol, surrogate (the record's label,
+    with the run's name for a seed group's run), score % (that run's ranking number), clean_acc %, fooling_rate %
+    (white-box, ranking cell), smoothness, similarity (mean over targets)."""
+    points, _ = analysis_runs(records)
+    recs = list({id(r): r for r, _ in points}.values())
+    labels = dict(zip(map(id, recs), surrogate_labels(recs), strict=True))
     rows = []
-    for r, label in zip(records, surrogate_labels(records), strict=True):
-        cell = r.protocol.get("ranking_cell", "")
+    for r, i in points:
+        run, cell = r.runs[i], r.protocol.get("ranking_cell", "")
         rows.append({
             "protocol": protocol_key(r.protocol),
-            "surrogate": label,
-            "score": 100 * float(r.score["mean"]),
-            "clean_acc": 100 * _mean(run["clean_accuracy"] for run in r.runs),
-            "fooling_rate": 100 * _mean(run["cells"].get(cell, {}).get("fooling_rate", {}).get("rate")
-                                        for run in r.runs),
-            "smoothness": _mean(run.get("smoothness", {}).get("mean") for run in r.runs),
-            "similarity": _mean(_mean(s.get("mean") for s in run.get("similarity", {}).values()) for run in r.runs),
+            "surrogate": labels[id(r)] + (f": {run.get('name', i)}" if len(r.runs) > 1 else ""),
+            "score": 100 * _run_scores(r)[i],
+            "clean_acc": 100 * _mean([run["clean_accuracy"]]),
+            "fooling_rate": 100 * _mean([run["cells"].get(cell, {}).get("fooling_rate", {}).get("rate")]),
+            "smoothness": _mean([run.get("smoothness", {}).get("mean")]),
+            "similarity": _mean(s.get("mean") for s in run.get("similarity", {}).values()),
         })  # fmt: skip
     return pd.DataFrame(rows, columns=["protocol", "surrogate", "score", *FACTORS])
 
@@ -164,36 +199,36 @@ def ols_r2(y: Sequence[float], x: np.ndarray) -> float:
 def analysis_table(records: Iterable[Record]) -> pd.DataFrame:
     """Per protocol: Pearson r of the score with each factor, R^2_1 (smoothness + similarity), R^2_2 (all four).
 
-    One observation per surrogate (:func:`analysis_records`: canonical records of the protocol's main ranking
-    group; ``n_records`` counts them, ``note`` says what was left out). Needs at least 3 records of a protocol
-    for r, more than 3 for R^2_1 and more than 5 for R^2_2 (more observations than parameters); otherwise the
-    value is NaN and ``note`` says why.
+    One observation per checkpoint (:func:`analysis_runs`: the runs of the canonical records of the protocol's
+    main ranking group, each checkpoint once; ``n_checkpoints`` counts them, ``note`` says what was left out).
+    Needs at least 3 checkpoints of a protocol for r, more than 3 for R^2_1 and more than 5 for R^2_2 (more
+    observations than parameters); otherwise the value is NaN and ``note`` says why.
     """
     records = list(records)
-    _, left_out = analysis_records(records)
+    _, left_out = analysis_runs(records)
     f = record_factors(records)
     rows = []
     for key, sub in f.groupby("protocol", sort=True):
         n = len(sub)
-        row: dict[str, object] = {"protocol": key, "n_records": n}
+        row: dict[str, object] = {"protocol": key, "n_checkpoints": n}
         for name in FACTORS:
             row[f"r_{name}"] = pearson(sub[name], sub["score"])
         row["r2_smooth_sim"] = ols_r2(sub["score"], sub[["smoothness", "similarity"]].to_numpy())
         row["r2_all"] = ols_r2(sub["score"], sub[list(FACTORS)].to_numpy())
         notes = []
         if n < MIN_RECORDS:
-            notes.append(f"only {n} record(s): correlations need at least {MIN_RECORDS}")
+            notes.append(f"only {n} checkpoint(s): correlations need at least {MIN_RECORDS}")
         if n <= 3:
-            notes.append("R^2_1 needs more than 3 records (2 factors + intercept)")
+            notes.append("R^2_1 needs more than 3 checkpoints (2 factors + intercept)")
         if n <= 5:
-            notes.append("R^2_2 needs more than 5 records (4 factors + intercept)")
+            notes.append("R^2_2 needs more than 5 checkpoints (4 factors + intercept)")
         constant = [c for c in FACTORS if sub[c].notna().sum() >= MIN_RECORDS and np.ptp(sub[c].dropna()) == 0]
         if constant:
-            notes.append(f"constant across records: {', '.join(constant)}")
+            notes.append(f"constant across checkpoints: {', '.join(constant)}")
         notes += left_out.get(str(key), [])
         row["note"] = "; ".join(notes)
         rows.append(row)
-    cols = ["protocol", "n_records", *(f"r_{c}" for c in FACTORS), "r2_smooth_sim", "r2_all", "note"]
+    cols = ["protocol", "n_checkpoints", *(f"r_{c}" for c in FACTORS), "r2_smooth_sim", "r2_all", "note"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -307,14 +342,15 @@ def asr_vs_eps(
 
 
 def asr_vs_factors(records: Iterable[Record], *, path: str | os.PathLike | None = None) -> Figure:
-    """Score against smoothness and against similarity, one point per record; Pearson r per panel, joint R^2."""
+    """Score against smoothness and against similarity, one point per checkpoint (:func:`record_factors`);
+    Pearson r per panel, joint R^2."""
     key, recs = _one_protocol(records, "asr_vs_factors")
     f = record_factors(recs)
     fig = _figure(8.0, 3.6)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, factor, xlabel in (
-        (axes[0], "smoothness", "smoothness (mean dominant input-Hessian eigenvalue)"),
-        (axes[1], "similarity", "gradient similarity (mean cosine)"),
+        (axes[0], "smoothness", "smoothness\n(mean dominant input-Hessian eigenvalue)"),  # two lines: fits the panel
+        (axes[1], "similarity", "gradient similarity\n(mean cosine to the targets)"),
     ):
         ax.scatter(f[factor], f["score"])
         for x, y, lab in zip(f[factor], f["score"], f["surrogate"], strict=True):

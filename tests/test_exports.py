@@ -17,6 +17,7 @@ import bench
 from bench.metrics.asr import wilson
 from bench.protocol import get_protocol
 from leaderboard.cite import BENCHMARK_BIBTEX, bib_escape, cite_text, entry_bibtex, seed_bibtex
+from leaderboard.consistency import run_scores
 from leaderboard.export import (
     ExportError,
     by_protocol,
@@ -30,11 +31,13 @@ from leaderboard.export import (
 from leaderboard.plots import (
     PlotError,
     analysis_records,
+    analysis_runs,
     analysis_table,
     asr_vs_eps,
     asr_vs_factors,
     heatmap,
     ols_r2,
+    record_factors,
     write_plots,
 )
 from leaderboard.record import Record
@@ -302,7 +305,7 @@ def test_heatmap_is_surrogates_by_targets_at_the_ranking_cell() -> None:
 def test_analysis_table_correlations_and_r2() -> None:
     recs = _varied(7)
     row = analysis_table(recs).iloc[0]
-    assert row["protocol"] == "smoke-digits-v2" and row["n_records"] == 7
+    assert row["protocol"] == "smoke-digits-v2" and row["n_checkpoints"] == 7
     score = np.array([100 * r.score["mean"] for r in recs])
     smooth = np.array([r.runs[0]["smoothness"]["mean"] for r in recs])
     sim = np.array([np.mean([s["mean"] for s in r.runs[0]["similarity"].values()]) for r in recs])
@@ -344,8 +347,33 @@ def test_the_factor_analysis_counts_each_surrogate_once_from_its_main_group() ->
     assert sorted(notes["smoke-digits-v2"]) == ["left out 1 partial or other-precision run(s)",
                                                 "left out 1 record(s) on other data or target weights"]  # fmt: skip
     row = analysis_table(recs + extra).iloc[0]
-    assert row["n_records"] == 6 and "left out 1 partial" in row["note"]
+    assert row["n_checkpoints"] == 6 and "left out 1 partial" in row["note"]
     assert row["r_smoothness"] == pytest.approx(analysis_table(recs).iloc[0]["r_smoothness"])
+
+
+def test_the_factor_analysis_has_one_point_per_checkpoint_and_counts_a_seed_once() -> None:
+    """A seed group's runs are points of their own (each with its own score); a seed evaluated alone and again
+    inside its group is one checkpoint, counted once."""
+    recs = _varied(4)
+    group = make_record("grp", score=0.5, n_runs=3)
+    group.score["per_run"] = [0.2, 0.5, 0.8]
+    for i, run in enumerate(group.runs):
+        run["smoothness"]["mean"], run["clean_accuracy"] = 1.0 + i, 0.5 + 0.1 * i
+    alone = make_record("grp-seed1", score=0.3)  # seed 1 of the group, submitted on its own too
+    alone.runs[0]["sha256"] = group.runs[1]["sha256"]
+    f = record_factors([*recs, group, alone])
+    assert len(f) == 4 + 3
+    rows = f[f["surrogate"].str.startswith("grp")].set_index("surrogate")
+    assert list(rows.index) == ["grp: seed0", "grp: seed1", "grp: seed2"]  # the group first in leaderboard order
+    assert list(rows["score"]) == pytest.approx([20.0, 50.0, 80.0])
+    assert list(rows["smoothness"]) == [1.0, 2.0, 3.0] and list(rows["clean_acc"]) == pytest.approx([50, 60, 70])
+    row = analysis_table([*recs, group, alone]).iloc[0]
+    assert row["n_checkpoints"] == 7 and "counted once: 1 run(s) of a checkpoint another record holds" in row["note"]
+    points, _ = analysis_runs([*recs, alone])  # without the group, the seed's own record is its point
+    assert [(r.submission["name"], i) for r, i in points if r is alone] == [("grp-seed1", 0)]
+    del group.score["per_run"]  # an older record: each run's score recomputed from its cells
+    rescored = record_factors([group]).set_index("surrogate")["score"]
+    assert list(rescored) == pytest.approx([100 * v for v in run_scores(group)])
 
 
 def test_a_protocol_with_only_partial_runs_is_analysed_on_one_image_subset(tmp_path: Path) -> None:
@@ -365,7 +393,7 @@ def test_a_protocol_with_only_partial_runs_is_analysed_on_one_image_subset(tmp_p
     assert sorted(notes["smoke-digits-v2"][1:]) == ["left out 1 partial or other-precision run(s)",
                                                     "left out 1 record(s) on other data or target weights"]  # fmt: skip
     row = analysis_table([*recs, other, bf16]).iloc[0]
-    assert row["n_records"] == 5 and not math.isnan(row["r_smoothness"]) and "no full run" in row["note"]
+    assert row["n_checkpoints"] == 5 and not math.isnan(row["r_smoothness"]) and "no full run" in row["note"]
     assert len(write_plots([*recs, other], tmp_path)) == 3  # the factor figure included (it used to crash)
     full = make_record("full")  # one full run: the analysis is of full runs again, the partial ones left out
     kept, notes = analysis_records([*recs, full])
