@@ -42,6 +42,7 @@ from leaderboard.table import (
     leaderboard_order,
     ranked_table,
     ranking_groups,
+    seed_noise_note,
     target_weights,
 )
 
@@ -298,6 +299,8 @@ def _section(key: str, recs: list[Record]) -> str:
         tables.append(sub + _table(df, members, head))
     notes = f" {len(groups)} ranking groups: {_e(GROUP_NOTE)}." if len(groups) > 1 else ""
     notes += f" {_e(TIE_NOTE.removeprefix('= ').capitalize())}." if tie else ""
+    noise = seed_noise_note(ranked_table(recs))
+    notes += f" {_e(noise[0].upper() + noise[1:])}." if noise else ""
     target_list = ", ".join(f"{_e(n)} <code>{_e(sha)}</code>" for n, sha in targets)
     return (
         f'<section class="protocol" data-protocol="{_e(key)}">'

@@ -21,6 +21,25 @@ SCORE_DIGITS = 2  # decimals of the score (in %) in every rendering; ties are de
 TIE_NOTE = f"= equal scores at {SCORE_DIGITS} decimals share a rank (1, 1, 3); tied rows are listed by name"
 GROUP_NOTE = "records evaluated on other data or against other target weights are ranked separately"
 
+
+def seed_noise_note(df: pd.DataFrame) -> str:
+    """The seed-to-seed spread that the seed groups of a ranked table measure, as a caution for its single-seed
+    rows ('' where the table has no seed group with a std, or no single-seed row to caution)."""
+    if df.empty or "score_std" not in df.columns:
+        return ""
+    stds = pd.to_numeric(df["score_std"], errors="coerce").dropna()
+    if stds.empty or not (df["runs"] == 1).any():
+        return ""
+    spread = (
+        f"{stds.iloc[0]:.2f}"
+        if len(stds) == 1
+        else f"{stds.min():.2f} to {stds.max():.2f} (median {stds.median():.2f})"
+    )
+    return (f"seed-to-seed std of the score in the {len(stds)} seed group(s) here: {spread} points; single-seed "
+            "rows closer than that may differ by training seed alone (to compare recipes, evaluate seed groups: "
+            "transferbench train --seeds, compare --level recipe)")  # fmt: skip
+
+
 TargetKey = tuple[tuple[str, str], ...]  # ((target name, weights sha256), ...) sorted by name
 GroupKey = tuple[str, str, TargetKey]  # (protocol key, data sha256, targets)
 
@@ -204,6 +223,8 @@ def format_table(df: pd.DataFrame) -> str:
             notes.append(TIE_NOTE)
         if len(groups) > 1:
             notes.append(f"{len(groups)} ranking groups: {GROUP_NOTE}")
+        if seed_noise_note(sub):
+            notes.append(seed_noise_note(sub))
         blocks.append(
             f"== {proto}{label} (score = mean transfer ASR %, ranking cell of the protocol) ==\n"
             + "\n".join(parts) + "".join(f"\n{n}" for n in notes)

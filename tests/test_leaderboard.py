@@ -18,9 +18,10 @@ import pytest
 
 from bench.metrics.asr import Rate, pack_bits
 from bench.protocol import get_protocol
+from leaderboard.page import render_page
 from leaderboard.record import SCHEMA, SCHEMA_VERSION, Record, RecordError, validate
 from leaderboard.store import LocalStore, StoreError
-from leaderboard.table import TIE_NOTE, format_table, ranked_table
+from leaderboard.table import TIE_NOTE, format_table, ranked_table, seed_noise_note
 
 N_IMAGES = 16
 
@@ -623,6 +624,21 @@ def test_equal_shown_scores_share_a_rank_and_ties_list_by_name() -> None:
     assert list(df["rank"]) == [1, 2, 2, 2, 5]  # competition ranking: 1, 2, 2, 2, 5
     assert TIE_NOTE in format_table(df)
     assert TIE_NOTE not in format_table(ranked_table([make_record("a", score=0.5), make_record("b", score=0.6)]))
+
+
+def test_single_seed_rows_carry_the_seed_spread_the_board_measures() -> None:
+    singles = [make_record("a", score=0.5), make_record("b", score=0.51)]
+    assert "seed-to-seed" not in format_table(ranked_table(singles))  # nothing measured: no number to give
+    groups = [make_record("g1", score=0.4, n_runs=2), make_record("g2", score=0.45, n_runs=3)]
+    groups[1].score["std"] = 0.03
+    assert "seed-to-seed" not in format_table(ranked_table(groups))  # no single-seed row to caution
+    text = format_table(ranked_table([*singles, *groups]))
+    assert "seed-to-seed std of the score in the 2 seed group(s) here: 1.00 to 3.00 (median 2.00) points" in text
+    assert seed_noise_note(ranked_table([*singles, groups[0]])).startswith(
+        "seed-to-seed std of the score in the 1 seed group(s) here: 1.00 points; single-seed rows closer"
+    )
+    page = render_page([*singles, *groups])
+    assert "Seed-to-seed std of the score in the 2 seed group(s) here: 1.00 to 3.00 (median 2.00) points" in page
 
 
 def test_record_file_stem_is_known_before_the_run() -> None:
