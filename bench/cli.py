@@ -312,14 +312,15 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from bench.data import load_cifar10, load_digits_smoke
-    from surrogates.recipes import parse_overrides, train_recipe, train_seeds
+    from surrogates.recipes import check_seed_request, parse_overrides, train_recipe, train_seeds
 
-    seeds = None
-    if args.seeds is not None:  # read before any data is loaded
+    seeds, overrides = None, parse_overrides(args.params)
+    if args.seeds is not None:  # checked before any data is loaded (a download, for the Hub data set)
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. --seeds 0,1,2") from None
+        check_seed_request(args.recipe, seeds, args.out, overrides, args.overwrite)
     if args.data == "cifar10":
         data = load_cifar10("train", args.data_dir)
     else:  # digits outside the smoke protocol's held-out list
@@ -327,7 +328,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         held_out = set(get_protocol("smoke-digits").image_ids)
         data = data.subset(torch.tensor([i for i, k in enumerate(data.ids.tolist()) if k not in held_out]))
     options = {"arch": args.arch, "arch_kwargs": json.loads(args.arch_kwargs), "out_dir": args.out,
-               "overrides": parse_overrides(args.params), "device": _device(args.device),
+               "overrides": overrides, "device": _device(args.device),
                "overwrite": args.overwrite}  # fmt: skip
     with deterministic_algorithms(args.deterministic):
         if seeds is None:
@@ -527,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--seeds", metavar="S1,S2,...",
                    help="train once per seed, each into OUT-s<seed>, and assemble them as the seed group OUT "
-                        "(members already trained with the same settings are kept: a rerun resumes)")  # fmt: skip
+                        "(members already trained with the same settings are kept: a rerun resumes; "
+                        "--overwrite trains every seed again)")  # fmt: skip
     s.add_argument("--overwrite", action="store_true")
     _deterministic_option(s)
     s.set_defaults(func=cmd_train)

@@ -3,7 +3,7 @@
 - :func:`asr_vs_eps`: transfer ASR against the L-inf budget, one line per surrogate, one panel per
   (mode, attack), 95% Wilson error bars.
 - :func:`asr_vs_factors`: the ranking score against smoothness and against gradient similarity across the
-  records of one protocol, Pearson r in each panel's title and the R^2 of the joint least-squares fit of
+  trained checkpoints of one protocol, Pearson r in each panel's title and the R^2 of the joint least-squares fit of
   the score on (smoothness, similarity) in the figure title (seed 002, Table 6).
 - :func:`heatmap`: surrogate x target ASR at the ranking cell.
 - :func:`analysis_table`: per protocol, Pearson r between the score and clean accuracy, white-box fooling
@@ -19,7 +19,9 @@ The factor analysis and its scatter plot use one point per trained checkpoint: c
 (partial and other-precision runs are left out, they would count a surrogate twice with numbers measured
 differently), from each protocol's main ranking group (the one with most canonical records; other data or
 target weights are left out), and a checkpoint held by two records (a seed evaluated alone and in its seed
-group) once; the output says what was left out. A protocol without any canonical record (a pilot of
+group) once; the output says what was left out. Seeds of one recipe are separate observations but not
+independent ones (they share the recipe's effect), so r and R^2 over a board of seed groups describe the
+checkpoints, not a sample of recipes. A protocol without any canonical record (a pilot of
 ``--limit`` runs) is analysed on its partial runs at the protocol's precision that share one image subset,
 and the note says so.
 

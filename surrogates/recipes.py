@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import json
 import logging
 import math
@@ -43,7 +44,7 @@ from bench.registry import Registry
 from surrogates.augment import AdversarialExamples, Augment, eval_mode
 from surrogates.regularizers import INPUT_PENALTIES, Objective
 from surrogates.sam import SAM
-from surrogates.submission import SubmissionError, load_surrogate, read_config, save_group, save_surrogate
+from surrogates.submission import SubmissionError, load_surrogate, save_group, save_surrogate
 from surrogates.training import EpochLog, TrainParts, evaluate_accuracy, fit, lr_factor, model_device
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def _checks(c: RecipeConfig) -> list[tuple[bool, str]]:
          "200)"),
         (c.lgv_epochs > 0 and c.es_epochs_after_decay > 0, "LGV and early stopping do not combine"),
         (c.sam_adaptive and c.sam_rho == 0, "sam_adaptive (ASAM) needs sam_rho > 0"),
+        (not 0 <= c.seed < 2**63, f"seed must be an integer in [0, 2**63): {c.seed}"),
     ]  # fmt: skip
 
 
@@ -464,17 +466,25 @@ def _save_early_stopping(
     final_state, selected = _cpu_state(model), cfg.es_select
     names = {i: out.name if i == selected else f"{out.name}-epoch{ep:03d}" for i, (ep, _, _) in enumerate(ckpts.saved)}
     listing = {names[i]: {"epoch": ep, "lr": lr} for i, (ep, lr, _) in enumerate(ckpts.saved)}
-    for i, (epoch, lr, state) in enumerate(ckpts.saved):
+
+    def save_checkpoint(i: int) -> None:
+        epoch, lr, state = ckpts.saved[i]
         _load_net_state(model, state)
         acc = evaluate_accuracy(model, x, y, bf16=cfg.bf16)
         meta = _metadata(recipe, cfg, data, names[i], dataclasses.replace(run, train_accuracy=acc), model_device(model),
                          early_stopping={"epoch": epoch, "lr": lr, "checkpoints": listing,
                                          "final": f"{out.name}-final"})  # fmt: skip
         spec.save(model, out.with_name(names[i]), meta, overwrite)
+
+    for i in range(len(ckpts.saved)):
+        if i != selected:
+            save_checkpoint(i)
     _load_net_state(model, final_state)
     meta = _metadata(recipe, cfg, data, f"{out.name}-final", run, model_device(model),
                      early_stopping={"epoch": cfg.epochs, "checkpoints": listing})  # fmt: skip
     spec.save(model, out.with_name(f"{out.name}-final"), meta, overwrite)
+    save_checkpoint(selected)  # last: ``out`` exists only once all its siblings do (train_seeds resumes on that)
+    _load_net_state(model, final_state)
     return out
 
 
@@ -575,7 +585,8 @@ def train_recipe(
     """
     recipe, cfg = RECIPES.get(recipe_name), configure(recipe_name, overrides)
     out, dev = Path(out_dir), torch.device(device)
-    for path in (out, out.with_name(f"{out.name}-final")) if cfg.es_epochs_after_decay else (out,):
+    siblings = [out.with_name(f"{out.name}-final"), *sorted(out.parent.glob(f"{glob.escape(out.name)}-epoch[0-9]*"))]
+    for path in (out, *siblings) if cfg.es_epochs_after_decay else (out,):
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another folder.")
     x, y = data.images(), data.labels
@@ -599,25 +610,64 @@ def seed_member(out_dir: str | Path, seed: int) -> Path:
     return out.with_name(f"{out.name}-s{seed}")
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as a JSON file gives it back (tuples as lists): how a member's config records it."""
+    return json.loads(json.dumps(value))
+
+
 def _trained_differently(member: Path, recipe_name: str, cfg: RecipeConfig, arch: str,
                          arch_kwargs: Mapping[str, Any], data_sha256: str) -> list[str]:  # fmt: skip
-    """What about an existing member folder differs from the training asked for (empty: it is that training)."""
-    found = read_config(member)
+    """What about an existing member folder differs from the training asked for (empty: it is that training).
+
+    The folder must be a complete, loadable submission; anything else is an error naming the remedy."""
+    try:
+        found = load_surrogate(member).config  # reads the weights too: a truncated file is caught here
+    except SubmissionError as e:
+        raise SubmissionError(f"{member} is not a complete submission ({e}); delete it or pass --overwrite to "
+                              "train that seed again.") from None  # fmt: skip
     meta = found.metadata
     if found.kind != "single":
         return [f"kind ({found.kind!r}, not a single checkpoint)"]
-    wanted = {"recipe": recipe_name, "architecture": arch, "arch_kwargs": dict(arch_kwargs),
+    wanted = {"recipe": recipe_name, "architecture": arch, "arch_kwargs": _as_json(dict(arch_kwargs)),
               "training data": data_sha256}  # fmt: skip
-    have = {"recipe": meta.get("recipe"), "architecture": found.architecture, "arch_kwargs": dict(found.arch_kwargs),
+    have = {"recipe": meta.get("recipe"), "architecture": found.architecture,
+            "arch_kwargs": _as_json(dict(found.arch_kwargs)),
             "training data": (meta.get("train_data") or {}).get("sha256")}  # fmt: skip
     differ = [k for k in wanted if have[k] != wanted[k]]
-    hp_want = json.loads(json.dumps(asdict(cfg)))  # as the config file holds them: tuples as lists
-    hp_have = meta.get("hyperparameters")
+    hp_want, hp_have = _as_json(asdict(cfg)), meta.get("hyperparameters")
     if not isinstance(hp_have, dict):
         return [*differ, "hyperparameters (not recorded)"]
     return differ + [
         f"hyperparameter {k}" for k in sorted(set(hp_have) | set(hp_want)) if hp_have.get(k) != hp_want.get(k)
     ]
+
+
+def check_seed_request(
+    recipe_name: str,
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> RecipeConfig:
+    """Everything :func:`train_seeds` can refuse before it loads data or trains: the seeds (two or more,
+    distinct), a seed also given as a hyperparameter, an LGV recipe, the hyperparameters themselves and an
+    existing group folder. Returns the recipe's config (seed not yet set)."""
+    seeds = list(seeds)
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed group needs two or more different seeds, got {seeds}")
+    if any(k.lstrip("-").replace("-", "_") == "seed" for k in (overrides or {})):
+        raise ValueError("give the seeds with --seeds only, not also as the seed hyperparameter")
+    base = configure(recipe_name, overrides)
+    for seed in seeds:
+        dataclasses.replace(base, seed=seed)  # each seed's config validates (e.g. no negative seed)
+    if base.lgv_epochs > 0:
+        raise ValueError(f"recipe {recipe_name!r} writes an LGV ensemble per training, and a seed group holds "
+                         "single checkpoints: train each seed with `transferbench train --seed N`")  # fmt: skip
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: delete it to assemble the group again (trained members beside it "
+                              f"are kept) or pass --overwrite to train every seed again.")  # fmt: skip
+    return base
 
 
 def train_seeds(
@@ -634,25 +684,18 @@ def train_seeds(
 ) -> Path:
     """Train ``recipe_name`` once per seed and assemble the runs as the seed group ``out_dir``; returns it.
 
-    Each seed's checkpoint is a submission of its own at :func:`seed_member` (``<out>-s<seed>``), written as it
-    finishes, so it can be evaluated alone too. A member folder that exists already and records this very
-    training (recipe, every hyperparameter with its seed, architecture and its arguments, training data
-    sha256) is kept, not retrained: a run cut short resumes with the seeds still missing. One that records
-    anything else is an error naming what differs, unless ``overwrite``. The group is written last.
+    Each seed's checkpoint is a submission of its own at :func:`seed_member` (``<out>-s<seed>``, with its
+    ``-final`` and ``-epochNNN`` siblings under early stopping), written as it finishes, so it can be evaluated
+    alone too. A member folder that exists already and records this very training (recipe, every
+    hyperparameter with its seed, architecture and its arguments, training data sha256) is kept, not
+    retrained: a run cut short resumes with the seeds still missing. One that records anything else, or is
+    incomplete, is an error naming what differs. ``overwrite`` trains every seed again. The group is written
+    last. :func:`check_seed_request` runs first.
     """
     seeds = [int(s) for s in seeds]
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise ValueError(f"a seed group needs two or more different seeds, got {seeds}")
     overrides = dict(overrides or {})
-    if any(k.lstrip("-").replace("-", "_") == "seed" for k in overrides):
-        raise ValueError("give the seeds with --seeds only, not also as the seed hyperparameter")
-    base = configure(recipe_name, overrides)
-    if base.lgv_epochs > 0:
-        raise ValueError(f"recipe {recipe_name!r} writes an LGV ensemble per training, and a seed group holds "
-                         "single checkpoints: train each seed with `transferbench train --seed N`")  # fmt: skip
+    base = check_seed_request(recipe_name, seeds, out_dir, overrides, overwrite)
     out, kwargs = Path(out_dir), dict(arch_kwargs or {})
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) or choose another folder.")
     data_sha256 = data.content_sha256()
     members: dict[str, Path] = {}
     for seed in seeds:

@@ -99,6 +99,12 @@ def test_train_seeds_writes_a_seed_group(tmp_path: Path, capsys: pytest.CaptureF
     assert "with --seeds only" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["st", "st-s0", "st-s2"]
     assert main([*args, "--out", str(tmp_path / "one"), "--seed", "4"]) == 0  # the hyperparameter, not --seeds
+    # Refused before any data is read: no CIFAR-10 mirror is needed to learn that one seed is no group.
+    nowhere = ["train", "st", "--data-dir", str(tmp_path / "no-mirror"), "--out", str(tmp_path / "g")]
+    assert main([*nowhere, "--seeds", "0"]) == 1
+    assert "two or more different seeds, got [0]" in capsys.readouterr().err
+    assert main([*nowhere[:-1], str(tmp_path / "st"), "--seeds", "0,1"]) == 1
+    assert "st exists: delete it to assemble the group again" in capsys.readouterr().err
     assert load_surrogate(tmp_path / "one").config.metadata["hyperparameters"]["seed"] == 4
 
 

@@ -41,6 +41,7 @@ from surrogates.recipes import (
 )
 from surrogates.regularizers import Objective, jacobian_sq_frobenius, penalty_form, smoothed_targets
 from surrogates.sam import SAM, frozen_bn_stats
+from surrogates.submission import SubmissionError
 from surrogates.training import TrainConfig, lr_factor, train_classifier
 
 # A few steps on CPU: 128 digits, batches of 64, one epoch; no flip (digits are not mirror-symmetric).
@@ -199,6 +200,7 @@ def test_train_seeds_writes_each_seeds_training_and_their_group(digits: ImageSet
         ("st", [0, 1], {"seed": 3}, "with --seeds only"),
         ("lgv", [0, 1], {}, "LGV ensemble per training"),
         ("st", [0, 1], {"no_such": 1}, "unknown hyperparameter"),
+        ("st", [0, -1], {}, r"seed must be an integer in \[0, 2\*\*63\): -1"),
     ],
 )
 def test_train_seeds_refuses_what_is_no_seed_group(
@@ -208,6 +210,40 @@ def test_train_seeds_refuses_what_is_no_seed_group(
         train_seeds(recipe, digits, which, arch=TINY_ARCH[0], arch_kwargs=TINY_ARCH[1], out_dir=tmp_path / "g",
                     overrides={**QUICK, **EXTRA.get(recipe, {}), **overrides})  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_seeds_resumes_early_stopping_members_and_refuses_incomplete_ones(digits: ImageSet,
+                                                                                 tmp_path: Path) -> None:  # fmt: skip
+    ov = {**QUICK, **EXTRA["early-stopping"]}
+
+    def seeds(**kwargs: object) -> Path:
+        return train_seeds("early-stopping", digits, [0, 1], arch=TINY_ARCH[0], arch_kwargs=TINY_ARCH[1],
+                           out_dir=tmp_path / "es", overrides=ov, **kwargs)  # type: ignore[arg-type]  # fmt: skip
+
+    group = seeds()
+    s1 = seed_member(group, 1)
+    siblings = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("es-s1"))
+    assert siblings == ["es-s1", "es-s1-epoch003", "es-s1-final"]  # the selected checkpoint and the others
+    # Cut short after the siblings but before the selected checkpoint (written last): the rerun stops before
+    # training, naming the half-written seed, rather than keeping a member without its siblings.
+    shutil.rmtree(group), shutil.rmtree(s1)
+    with pytest.raises(FileExistsError, match="es-s1-final exists"):
+        seeds()
+    for p in tmp_path.glob("es-s1-*"):
+        shutil.rmtree(p)
+    group = seeds()
+    assert load_surrogate(group).run_names == ["es-s0", "es-s1"]
+    # A member whose weights file is damaged is never taken into a group.
+    shutil.rmtree(group)
+    weights = s1 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(SubmissionError, match=r"es-s1 is not a complete submission .*delete it or pass --overwrite"):
+        seeds()
+    assert not group.exists()
+    before = (seed_member(group, 0) / "model.safetensors").stat().st_mtime_ns
+    group = seeds(overwrite=True)  # every seed trained again, the damaged one repaired
+    assert (seed_member(group, 0) / "model.safetensors").stat().st_mtime_ns != before
+    assert load_surrogate(group).run_names == ["es-s0", "es-s1"]
 
 
 # --- the demo's trainer is unchanged ------------------------------------------------------------------------
