@@ -49,6 +49,7 @@ from leaderboard.table import (
     leaderboard_order,
     ranked_precision,
     ranked_table,
+    seed_noise_note,
     target_weights,
 )
 
@@ -345,6 +346,8 @@ def _split(df: pd.DataFrame) -> list[tuple[dict[str, dict[str, Any]], pd.DataFra
             if df.attrs.get("drop_empty"):  # wide tables: another protocol's targets and budgets are not this one's
                 part = part.dropna(axis=1, how="all")
             note = f"ranked separately ({GROUP_NOTE}): {group}" if len(groups) > 1 else ""
+            if {"runs", "score_std"} <= set(part.columns) and seed_noise_note(part):  # ranked tables
+                note = "; ".join(filter(None, [note, seed_noise_note(part)]))
             blocks.append(({key: cite[key]} if key in cite else {}, part.reset_index(drop=True), note))
     return blocks
 
@@ -390,8 +393,10 @@ _LATEX_SPECIAL = {
 
 
 def latex_escape(text: str) -> str:
-    """Text safe inside a LaTeX document (every special character escaped, newlines as spaces)."""
-    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text).replace("\n", " "))
+    """Text safe inside a LaTeX document (every special character escaped, newlines as spaces, and ``--`` kept
+    as two hyphens, as in a command-line option, not the en dash LaTeX would print)."""
+    out = "".join(_LATEX_SPECIAL.get(c, c) for c in str(text).replace("\n", " "))
+    return out.replace("--", "-{}-").replace("--", "-{}-")  # twice: "---" overlaps itself
 
 
 def _latex_block(cite: dict[str, dict[str, Any]], sub: pd.DataFrame, df: pd.DataFrame, label: str, note: str) -> str:

@@ -21,6 +21,7 @@ from leaderboard.consistency import run_scores
 from leaderboard.export import (
     ExportError,
     by_protocol,
+    latex_escape,
     long_table,
     render,
     to_csv,
@@ -169,6 +170,16 @@ def test_ranked_exports_say_when_ranks_are_shared() -> None:
     tied = render([make_record("a", score=0.5), make_record("b", score=0.5)], "md")
     assert "share a rank" in tied.splitlines()[0] and "| 1 | a |" in tied and "| 1 | b |" in tied
     assert "share a rank" not in render([make_record("a", score=0.5), make_record("b", score=0.6)], "md")
+
+
+def test_ranked_exports_carry_the_seed_spread_for_single_seed_rows() -> None:
+    recs = [make_record("a", score=0.5), make_record("g", score=0.45, n_runs=2)]  # g: std 1.00 point
+    md = render(recs, "md")
+    assert "seed-to-seed std of the score in the 1 seed group(s) here: 1.00 points" in md.splitlines()[0]
+    assert "seed-to-seed" not in render([make_record("a", score=0.5), make_record("b", score=0.6)], "md")
+    caption = next(ln for ln in render(recs, "latex").splitlines() if ln.startswith(r"\caption"))
+    assert "train -{}-seeds, compare -{}-level recipe" in caption  # two hyphens in print, not an en dash
+    assert latex_escape("a--b---c") == "a-{}-b-{}-{}-c" and latex_escape("at-l2") == "at-l2"
 
 
 # --- exports -------------------------------------------------------------------------------------------------------
