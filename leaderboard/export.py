@@ -346,7 +346,7 @@ def _split(df: pd.DataFrame) -> list[tuple[dict[str, dict[str, Any]], pd.DataFra
             if df.attrs.get("drop_empty"):  # wide tables: another protocol's targets and budgets are not this one's
                 part = part.dropna(axis=1, how="all")
             note = f"ranked separately ({GROUP_NOTE}): {group}" if len(groups) > 1 else ""
-            if {"runs", "score_std"} <= set(part.columns) and seed_noise_note(part):  # ranked tables
+            if {"runs", "score_std"} <= set(part.columns):  # ranked tables
                 note = "; ".join(filter(None, [note, seed_noise_note(part)]))
             blocks.append(({key: cite[key]} if key in cite else {}, part.reset_index(drop=True), note))
     return blocks

@@ -291,15 +291,16 @@ def _section(key: str, recs: list[Record]) -> str:
     for r, k in sorted(zip(recs, keys, strict=True), key=lambda rk: order[rk[1]]):
         groups.setdefault(k, []).append(r)
     label_of = dict(zip(keys, labels, strict=True))
-    tables, tie = [], False
+    tables, ranked, tie = [], [], False
     for k, members in groups.items():
         df = ranked_table(members)
+        ranked.append(df)
         tie = tie or bool(df["rank"].duplicated().any())
         sub = f"<h3>Ranked separately: {_e(label_of[k])}</h3>" if len(groups) > 1 else ""
         tables.append(sub + _table(df, members, head))
     notes = f" {len(groups)} ranking groups: {_e(GROUP_NOTE)}." if len(groups) > 1 else ""
     notes += f" {_e(TIE_NOTE.removeprefix('= ').capitalize())}." if tie else ""
-    noise = seed_noise_note(ranked_table(recs))
+    noise = seed_noise_note(pd.concat(ranked, ignore_index=True))  # the tables above, over all their groups
     notes += f" {_e(noise[0].upper() + noise[1:])}." if noise else ""
     target_list = ", ".join(f"{_e(n)} <code>{_e(sha)}</code>" for n, sha in targets)
     return (

@@ -149,16 +149,21 @@ def record_factors(records: Iterable[Record]) -> pd.DataFrame:
     """One row per checkpoint (:func:`analysis_runs`, leaderboard order): protocol, surrogate (the record's label,
     with the run's name for a seed group's run), score % (that run's ranking number), clean_acc %, fooling_rate %
     (white-box, ranking cell), smoothness, similarity (mean over targets)."""
-    points, _ = analysis_runs(records)
+    return _factor_rows(analysis_runs(records)[0])
+
+
+def _factor_rows(points: Sequence[tuple[Record, int]]) -> pd.DataFrame:
+    """:func:`record_factors` of the checkpoints ``points`` (from :func:`analysis_runs`)."""
     recs = list({id(r): r for r, _ in points}.values())
     labels = dict(zip(map(id, recs), surrogate_labels(recs), strict=True))
+    scores = {id(r): _run_scores(r) for r in recs}  # once per record: older records recompute them from cells
     rows = []
     for r, i in points:
         run, cell = r.runs[i], r.protocol.get("ranking_cell", "")
         rows.append({
             "protocol": protocol_key(r.protocol),
             "surrogate": labels[id(r)] + (f": {run.get('name', i)}" if len(r.runs) > 1 else ""),
-            "score": 100 * _run_scores(r)[i],
+            "score": 100 * scores[id(r)][i],
             "clean_acc": 100 * _mean([run["clean_accuracy"]]),
             "fooling_rate": 100 * _mean([run["cells"].get(cell, {}).get("fooling_rate", {}).get("rate")]),
             "smoothness": _mean([run.get("smoothness", {}).get("mean")]),
@@ -207,8 +212,8 @@ def analysis_table(records: Iterable[Record]) -> pd.DataFrame:
     observations than parameters); otherwise the value is NaN and ``note`` says why.
     """
     records = list(records)
-    _, left_out = analysis_runs(records)
-    f = record_factors(records)
+    points, left_out = analysis_runs(records)
+    f = _factor_rows(points)
     rows = []
     for key, sub in f.groupby("protocol", sort=True):
         n = len(sub)

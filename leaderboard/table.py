@@ -223,8 +223,8 @@ def format_table(df: pd.DataFrame) -> str:
             notes.append(TIE_NOTE)
         if len(groups) > 1:
             notes.append(f"{len(groups)} ranking groups: {GROUP_NOTE}")
-        if seed_noise_note(sub):
-            notes.append(seed_noise_note(sub))
+        if noise := seed_noise_note(sub):
+            notes.append(noise)
         blocks.append(
             f"== {proto}{label} (score = mean transfer ASR %, ranking cell of the protocol) ==\n"
             + "\n".join(parts) + "".join(f"\n{n}" for n in notes)

@@ -245,13 +245,18 @@ def coerce_override(name: str, kind: str, value: Any) -> Any:
     return float(value) if kind == "float" else str(value)
 
 
+def _field_name(raw_key: str) -> str:
+    """An override's name as a ``RecipeConfig`` field: ``--sam-rho`` -> ``sam_rho``."""
+    return raw_key.lstrip("-").replace("-", "_")
+
+
 def configure(recipe_name: str, overrides: Mapping[str, Any] | None = None) -> RecipeConfig:
     """The recipe's config with ``overrides`` applied (names as fields; ``-`` is read as ``_``), validated."""
     base = RECIPES.get(recipe_name).config
     fields = {f.name: str(f.type) for f in dataclasses.fields(RecipeConfig)}
     changes = {}
     for raw_key, value in (overrides or {}).items():
-        key = raw_key.lstrip("-").replace("-", "_")
+        key = _field_name(raw_key)
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -484,7 +489,6 @@ def _save_early_stopping(
                      early_stopping={"epoch": cfg.epochs, "checkpoints": listing})  # fmt: skip
     spec.save(model, out.with_name(f"{out.name}-final"), meta, overwrite)
     save_checkpoint(selected)  # last: ``out`` exists only once all its siblings do (train_seeds resumes on that)
-    _load_net_state(model, final_state)
     return out
 
 
@@ -585,8 +589,13 @@ def train_recipe(
     """
     recipe, cfg = RECIPES.get(recipe_name), configure(recipe_name, overrides)
     out, dev = Path(out_dir), torch.device(device)
-    siblings = [out.with_name(f"{out.name}-final"), *sorted(out.parent.glob(f"{glob.escape(out.name)}-epoch[0-9]*"))]
-    for path in (out, *siblings) if cfg.es_epochs_after_decay else (out,):
+    written = [out]
+    if cfg.es_epochs_after_decay:  # and its siblings
+        written += [
+            out.with_name(f"{out.name}-final"),
+            *sorted(out.parent.glob(f"{glob.escape(out.name)}-epoch[0-9]*")),
+        ]
+    for path in written:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another folder.")
     x, y = data.images(), data.labels
@@ -655,7 +664,7 @@ def check_seed_request(
     seeds = list(seeds)
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed group needs two or more different seeds, got {seeds}")
-    if any(k.lstrip("-").replace("-", "_") == "seed" for k in (overrides or {})):
+    if any(_field_name(k) == "seed" for k in (overrides or {})):
         raise ValueError("give the seeds with --seeds only, not also as the seed hyperparameter")
     base = configure(recipe_name, overrides)
     for seed in seeds:
