@@ -41,6 +41,32 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selfcheck(args: argparse.Namespace) -> int:
+    from bench import numerics
+
+    names = args.protocol or list(PROTOCOLS)
+    protocols = [get_protocol(n) for n in names]
+    pins = numerics.load_pins()
+    print(f"{'protocol':<24}{'values':>7}  result")
+    drifts, checked = [], 0
+    for p in protocols:
+        n_values = len(numerics.pinned_entry(p, pins)["values"])
+        try:
+            moved = numerics.check([p], pins)
+        except ImportError as e:  # an optional peer library (AutoAttack's torchattacks) is not installed
+            print(f"{p.id:<24}{n_values:>7}  skipped: {e}", flush=True)
+            continue
+        drifts, checked = drifts + moved, checked + 1
+        print(f"{p.id:<24}{n_values:>7}  {'ok' if not moved else f'{len(moved)} moved'}", flush=True)
+    where = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    if drifts:
+        print(numerics.drift_report(drifts))
+        print(f"selfcheck FAILED ({where})")
+        return 1
+    print(f"selfcheck passed: this install reproduces the reference numerics of {checked} protocol(s) ({where})")
+    return 0
+
+
 def _target_names(args: argparse.Namespace) -> list[str]:
     from targets import TARGETS
 
@@ -410,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("protocols", help="list protocols with version and hash")
     s.add_argument("--show", metavar="NAME", help="print one protocol in full (JSON)")
     s.set_defaults(func=cmd_protocols)
+
+    s = sub.add_parser(
+        "selfcheck",
+        help="recompute every protocol's reference numerics on this install (CPU, about 30 s); exit 1 if any moved",
+    )
+    s.add_argument("--protocol", nargs="+", help="only these protocols (default: all)")
+    s.set_defaults(func=cmd_selfcheck)
 
     s = sub.add_parser("targets", help="list, fetch, verify, train, pin and publish zoo targets")
     tsub = s.add_subparsers(dest="targets_command", required=True)

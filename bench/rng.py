@@ -18,7 +18,11 @@ _C1 = 0x7FEB352D
 _C2 = 0x846CA68B
 
 # Named streams keep unrelated random choices independent of each other.
-STREAMS = {"random_start": 1, "diversity": 2, "target_label": 3, "subset": 4, "smoothness_init": 5, "neighbours": 6}
+# "reference": the inputs and weights of the reference numerics (bench/numerics.py).
+STREAMS = {
+    "random_start": 1, "diversity": 2, "target_label": 3, "subset": 4, "smoothness_init": 5, "neighbours": 6,
+    "reference": 7,
+}  # fmt: skip
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -36,6 +36,7 @@ from bench.metrics.sharpness import hessian_top_eigenvalue, hessian_trace
 from bench.metrics.similarity import gradient_similarity_many
 from bench.metrics.smoothness import hessian_vector_product, smoothness
 from bench.models.adapters import RestrictLogits
+from bench.numerics import numerics_digest
 from bench.precision import PRECISIONS, ieee_fp32, math_settings, prepare
 from bench.protocol import Cell, Protocol
 from leaderboard.record import Record
@@ -625,6 +626,7 @@ def _evaluate(
         },
         provenance={
             **provenance.collect(device, precision=precision, seed=protocol.seed),
+            "numerics": numerics_digest(protocol),
             "protocol_precision": protocol.precision,
             "precision_matches_protocol": precision == protocol.precision,
             "channels_last": channels_last,

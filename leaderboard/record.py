@@ -11,7 +11,10 @@ Layout (schema_version 1)::
                  outcome bits they were computed from
     score        the ranking number: mean over targets of the ranking ASR in the ranking cell, mean (and
                  std over seeds) across runs
-    provenance   package version and git sha, python/torch/CUDA versions, device, precision, seed, wall time
+    provenance   package version and git sha, python/torch/CUDA versions, device, precision, seed, wall time,
+                 and ``numerics``: the digest of the protocol's reference numerics the code reproduced
+                 (bench/numerics.py), so that records of one protocol hash made by code that computes
+                 differently are told apart (null where the protocol has no pins)
     integrity    sha256 of the canonical JSON of everything above: a record damaged in transit, or edited
                  by hand without recomputing it, no longer verifies. It is a checksum, not a signature:
                  anyone can recompute it after an edit. What a shared leaderboard can check beyond it is
@@ -201,3 +204,7 @@ def validate(d: Any, *, where: str = "record") -> None:
     for k in ("package_version", "torch", "device", "precision", "seed"):
         _require(k in d["provenance"], where, f"provenance.{k} is missing")
     _require(isinstance(d["provenance"]["precision"], str), where, "provenance.precision must be a string")
+    numerics = d["provenance"].get("numerics")
+    _require(
+        numerics is None or _is_sha256(numerics), where, "provenance.numerics must be null or 64 lowercase hex digits"
+    )

@@ -17,6 +17,7 @@ from bench.data import load_cifar10, load_digits_smoke
 from bench.determinism import CUBLAS_WORKSPACE_CONFIG, DeterminismError
 from bench.metrics.asr import transfer_rates, unpack_bits
 from bench.models import build_model
+from bench.numerics import numerics_digest
 from bench.protocol import get_protocol
 from bench.runner import DEFAULT_BATCH_SIZE, EvaluationError, _check_deterministic, evaluate
 from leaderboard.store import LocalStore
@@ -73,6 +74,7 @@ def test_record_is_complete_and_rates_follow_from_the_bits(world) -> None:
     assert all(-1 <= s["mean"] <= 1 for s in run["similarity"].values())
     for key in ("torch", "device", "precision", "seed", "git_sha", "wall_time_s", "package_version"):
         assert key in rec.provenance
+    assert rec.provenance["numerics"] == numerics_digest(PROTO) is not None  # the code's reference numerics
     assert rec.score["mean"] == pytest.approx(
         np.mean([t["target_correct"]["rate"] for t in run["cells"][PROTO.ranking_cell]["targets"].values()])
     )
