@@ -125,6 +125,8 @@ class Comparison:
     rerun_bits: tuple[int, int] | None = None  # (differing, total) outcome bits when B reruns A's submission
     level: str = "checkpoint"
     same_submission: bool = False
+    numerics_a: str | None = None  # digest of the reference numerics of the code that made each record
+    numerics_b: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -162,6 +164,13 @@ class Comparison:
                 "level checkpoint: the test holds these trained models fixed and treats the images as the sample; "
                 "it does not cover training-seed variance (two seeds of one recipe can differ significantly). To "
                 "compare training methods, evaluate a seed group of each and pass --level recipe."
+            )
+        if self.numerics_a and self.numerics_b and self.numerics_a != self.numerics_b:
+            lines.append(
+                f"WARNING: A and B were made by code that computes this protocol differently (reference numerics "
+                f"{self.numerics_a[:12]} vs {self.numerics_b[:12]}; bench/numerics.py): a difference below may come "
+                "from the code, not the surrogates. Re-evaluate the older record with the newer code before reading "
+                "it as a regression or an improvement."
             )
         if self.rerun_bits is not None:
             differ, total = self.rerun_bits
@@ -535,6 +544,7 @@ def compare(
         score_b=float(b.score["mean"]), ranking_cell=ranking_cell, cells=df, regressions=diffs(df["regression"]),
         improvements=diffs(df["improvement"]), rerun_bits=rerun_differences(a, b), level=level,
         same_submission=a.submission.get("sha256") == b.submission.get("sha256"),
+        numerics_a=a.provenance.get("numerics"), numerics_b=b.provenance.get("numerics"),
     )  # fmt: skip
 
 

@@ -46,10 +46,10 @@ from leaderboard.table import (
     GROUP_NOTE,
     TIE_NOTE,
     group_labels,
+    group_notes,
     leaderboard_order,
     ranked_precision,
     ranked_table,
-    seed_noise_note,
     target_weights,
 )
 
@@ -61,9 +61,9 @@ _CELL = re.compile(r"(?P<attack>[^/]+)/linf-(?P<eps>\d+)/(?P<mode>[^/]+)")
 
 LONG_COLUMNS = [
     "protocol", "protocol_sha256", "protocol_kind", "data_sha256", "partial", "precision", "surrogate",
-    "surrogate_sha256", "record_sha256", "recipe", "type", "package_version", "git_sha", "torch", "cuda", "device",
-    "run", "summary", "cell", "attack", "eps_255", "mode", "target", "target_sha256", "asr", "k", "n", "rate", "lo",
-    "hi",
+    "surrogate_sha256", "record_sha256", "recipe", "type", "package_version", "git_sha", "numerics", "torch", "cuda",
+    "device", "run", "summary", "cell", "attack", "eps_255", "mode", "target", "target_sha256", "asr", "k", "n",
+    "rate", "lo", "hi",
 ]  # fmt: skip
 
 
@@ -152,6 +152,7 @@ def _provenance_columns(r: Record) -> dict[str, Any]:
     return {
         "package_version": str(p.get("package_version", "")),
         "git_sha": p.get("git_sha"),
+        "numerics": p.get("numerics"),
         "torch": p.get("torch"),
         "cuda": p.get("cuda"),
         "device": p.get("device"),
@@ -347,7 +348,7 @@ def _split(df: pd.DataFrame) -> list[tuple[dict[str, dict[str, Any]], pd.DataFra
                 part = part.dropna(axis=1, how="all")
             note = f"ranked separately ({GROUP_NOTE}): {group}" if len(groups) > 1 else ""
             if {"runs", "score_std"} <= set(part.columns):  # ranked tables
-                note = "; ".join(filter(None, [note, seed_noise_note(part)]))
+                note = "; ".join(filter(None, [note, *group_notes(part)]))
             blocks.append(({key: cite[key]} if key in cite else {}, part.reset_index(drop=True), note))
     return blocks
 
@@ -392,6 +393,13 @@ _LATEX_SPECIAL = {
 }  # fmt: skip
 
 
+def _latex_value(v: Any, digits: int) -> str:
+    """One LaTeX table cell: the value escaped, or an en dash (``--``, unescaped) where it is missing."""
+    missing = "\x00"  # a marker no value formats to
+    text = _fmt(v, digits, missing)
+    return "--" if text == missing else latex_escape(text)
+
+
 def latex_escape(text: str) -> str:
     """Text safe inside a LaTeX document (every special character escaped, newlines as spaces, and ``--`` kept
     as two hyphens, as in a command-line option, not the en dash LaTeX would print)."""
@@ -431,7 +439,7 @@ def _latex_block(cite: dict[str, dict[str, Any]], sub: pd.DataFrame, df: pd.Data
         lines.append(" & ".join(latex_escape(c) for c in cols) + r" \\")
     lines.append(r"\midrule")
     for row in sub.itertuples(index=False):
-        lines.append(" & ".join(latex_escape(_fmt(v, digits, "--")) for v in row) + r" \\")
+        lines.append(" & ".join(_latex_value(v, digits) for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines)
 

@@ -38,11 +38,11 @@ from leaderboard.table import (
     TIE_NOTE,
     GroupKey,
     group_labels,
+    group_notes,
     group_order,
     leaderboard_order,
     ranked_table,
     ranking_groups,
-    seed_noise_note,
     target_weights,
 )
 
@@ -71,7 +71,7 @@ CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; color: var(--fg); background: var(--bg); margin: 1.5rem; }
 h1 { font-size: 1.5rem; margin: 0 0 .3rem; } h2 { font-size: 1.15rem; margin: 1.8rem 0 .3rem; }
 h3 { font-size: 1rem; margin: 1.2rem 0 .3rem; }
-.muted, .cite { color: var(--muted); } .cite code { word-break: break-all; }
+.muted, .cite, .note { color: var(--muted); } .cite code { word-break: break-all; }
 .controls { display: flex; gap: 1rem; flex-wrap: wrap; align-items: center; margin: .8rem 0; }
 input, select { font: inherit; padding: .2rem .4rem; }
 table { border-collapse: collapse; width: 100%; } th, td { border-bottom: 1px solid var(--line);
@@ -291,17 +291,15 @@ def _section(key: str, recs: list[Record]) -> str:
     for r, k in sorted(zip(recs, keys, strict=True), key=lambda rk: order[rk[1]]):
         groups.setdefault(k, []).append(r)
     label_of = dict(zip(keys, labels, strict=True))
-    tables, ranked, tie = [], [], False
+    tables, tie = [], False
     for k, members in groups.items():
         df = ranked_table(members)
-        ranked.append(df)
         tie = tie or bool(df["rank"].duplicated().any())
         sub = f"<h3>Ranked separately: {_e(label_of[k])}</h3>" if len(groups) > 1 else ""
-        tables.append(sub + _table(df, members, head))
+        notes_here = "".join(f'<p class="note">{_e(n[0].upper() + n[1:])}.</p>' for n in group_notes(df))
+        tables.append(sub + _table(df, members, head) + notes_here)
     notes = f" {len(groups)} ranking groups: {_e(GROUP_NOTE)}." if len(groups) > 1 else ""
     notes += f" {_e(TIE_NOTE.removeprefix('= ').capitalize())}." if tie else ""
-    noise = seed_noise_note(pd.concat(ranked, ignore_index=True))  # the tables above, over all their groups
-    notes += f" {_e(noise[0].upper() + noise[1:])}." if noise else ""
     target_list = ", ".join(f"{_e(n)} <code>{_e(sha)}</code>" for n, sha in targets)
     return (
         f'<section class="protocol" data-protocol="{_e(key)}">'

@@ -40,6 +40,27 @@ def seed_noise_note(df: pd.DataFrame) -> str:
             "transferbench train --seeds, compare --level recipe)")  # fmt: skip
 
 
+def numerics_note(df: pd.DataFrame) -> str:
+    """Where rows of one ranked table were made by code that computes the protocol differently (their records'
+    ``provenance.numerics`` differ, bench/numerics.py), which rows carry which digest; rows without one (records
+    made before the digest existed) count as different from rows with one. '' where all rows agree."""
+    if df.empty or "numerics" not in df.columns:
+        return ""
+    digests = list(dict.fromkeys(df["numerics"].astype(str)))
+    if len(digests) < 2:
+        return ""
+    rows = "; ".join(f"{d or 'none (older code)'}: {', '.join(map(str, df.loc[df['numerics'] == d, 'surrogate']))}"
+                     for d in digests)  # fmt: skip
+    return (f"rows made by code that computes this protocol differently (reference numerics {rows}): differences "
+            "between them may come from the code, not the surrogates; re-evaluate the older rows")  # fmt: skip
+
+
+def group_notes(df: pd.DataFrame) -> list[str]:
+    """The notes one ranking group's table needs (seed-to-seed spread, differing numerics); every rendering
+    (text, HTML page, Markdown, LaTeX) adds them per ranking group."""
+    return [n for n in (seed_noise_note(df), numerics_note(df)) if n]
+
+
 TargetKey = tuple[tuple[str, str], ...]  # ((target name, weights sha256), ...) sorted by name
 GroupKey = tuple[str, str, TargetKey]  # (protocol key, data sha256, targets)
 
@@ -153,6 +174,7 @@ def _row(r: Record, group: str) -> dict[str, object]:
         "partial": bool(r.data.get("partial", False)),
         "precision": ranked_precision(r),
         "data": r.data["sha256"][:10],
+        "numerics": str(r.provenance.get("numerics") or "")[:8],
         "sha256": r.submission["sha256"][:12],
     }  # fmt: skip
 
@@ -210,12 +232,13 @@ def format_table(df: pd.DataFrame) -> str:
         parts = []
         for group in groups:
             part = sub[sub["group"] == group] if "group" in sub.columns else sub
-            shown = part.drop(columns=[c for c in ("protocol", "kind", "group") if c in part.columns]).copy()
+            hidden = ("protocol", "kind", "group", "numerics")  # numerics: named by its note where rows differ
+            shown = part.drop(columns=[c for c in hidden if c in part.columns]).copy()
             for col in shown.columns:
                 if col in ("score", "score_std", "clean_acc", "smoothness", "similarity", "weight_eig"):
                     shown[col] = [_fmt_cell(v) for v in shown[col]]
             head = f"-- ranked separately: {group} --\n" if len(groups) > 1 else ""
-            parts.append(head + shown.to_string(index=False))
+            parts.append(head + shown.to_string(index=False) + "".join(f"\n{n}" for n in group_notes(part)))
         notes = []
         if sub["precision"].str.endswith("*").any():
             notes.append("* not the protocol's precision (--precision): shown, ranked after runs at the protocol's")
@@ -223,8 +246,6 @@ def format_table(df: pd.DataFrame) -> str:
             notes.append(TIE_NOTE)
         if len(groups) > 1:
             notes.append(f"{len(groups)} ranking groups: {GROUP_NOTE}")
-        if noise := seed_noise_note(sub):
-            notes.append(noise)
         blocks.append(
             f"== {proto}{label} (score = mean transfer ASR %, ranking cell of the protocol) ==\n"
             + "\n".join(parts) + "".join(f"\n{n}" for n in notes)

@@ -236,6 +236,20 @@ def test_format_lists_method_and_verdict(pair: tuple[Record, Record]) -> None:
     assert text.count(PROTO.ranking_cell) >= len(PROTO.targets)
 
 
+def test_records_made_by_code_with_other_reference_numerics_are_compared_with_a_warning(
+    pair: tuple[Record, Record],
+) -> None:
+    a, b = (copy.deepcopy(r) for r in pair)
+    a.provenance["numerics"], b.provenance["numerics"] = "a" * 64, "b" * 64
+    text = compare(a, b).format()
+    assert "WARNING: A and B were made by code that computes this protocol differently" in text
+    assert "aaaaaaaaaaaa vs bbbbbbbbbbbb" in text and "Re-evaluate the older record" in text
+    b.provenance["numerics"] = "a" * 64
+    assert "WARNING" not in compare(a, b).format()
+    b.provenance["numerics"] = None  # unknown (a protocol without pins, or an older record): nothing to say
+    assert "WARNING" not in compare(a, b).format()
+
+
 def test_records_of_different_precisions_are_compared_only_when_asked(pair: tuple[Record, Record]) -> None:
     a, b = pair
     b16 = copy.deepcopy(b)

@@ -20,6 +20,7 @@ from leaderboard.cite import BENCHMARK_BIBTEX, bib_escape, cite_text, entry_bibt
 from leaderboard.consistency import run_scores
 from leaderboard.export import (
     ExportError,
+    _latex_value,
     by_protocol,
     latex_escape,
     long_table,
@@ -180,6 +181,17 @@ def test_ranked_exports_carry_the_seed_spread_for_single_seed_rows() -> None:
     caption = next(ln for ln in render(recs, "latex").splitlines() if ln.startswith(r"\caption"))
     assert "train -{}-seeds, compare -{}-level recipe" in caption  # two hyphens in print, not an en dash
     assert latex_escape("a--b---c") == "a-{}-b-{}-{}-c" and latex_escape("at-l2") == "at-l2"
+    assert _latex_value(math.nan, 2) == "--" and _latex_value(None, 2) == "--"  # missing: an en dash in print
+    assert _latex_value("", 2) == "" and _latex_value("a--b", 2) == "a-{}-b" and _latex_value(0.5, 2) == "0.50"
+
+
+def test_ranked_exports_name_rows_made_by_code_with_other_reference_numerics() -> None:
+    a, b = make_record("a", score=0.5), make_record("b", score=0.6)
+    a.provenance["numerics"], b.provenance["numerics"] = "1" * 64, "2" * 64
+    md = render([a, b], "md")
+    assert "reference numerics 22222222: b; 11111111: a" in md.splitlines()[0]
+    long = long_table([a, b])
+    assert set(long["numerics"]) == {"1" * 64, "2" * 64}
 
 
 # --- exports -------------------------------------------------------------------------------------------------------

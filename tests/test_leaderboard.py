@@ -641,6 +641,38 @@ def test_single_seed_rows_carry_the_seed_spread_the_board_measures() -> None:
     assert "Seed-to-seed std of the score in the 2 seed group(s) here: 1.00 to 3.00 (median 2.00) points" in page
 
 
+def test_the_seed_spread_of_one_ranking_group_does_not_caution_another() -> None:
+    """A seed group on the JPEG copy measures nothing about single rows on other data: the note is per group."""
+    single_other_data = make_record("solo", score=0.5, data_sha256="e" * 64)
+    recs = [make_record("a", score=0.5), make_record("g", score=0.45, n_runs=2), single_other_data]
+    text = format_table(ranked_table(recs))
+    assert text.count("seed-to-seed") == 1
+    assert text.index("seed-to-seed") < text.index("ranked separately: data sha256 eeeeeeeeee")
+    page = render_page(recs)
+    assert page.count("Seed-to-seed") == 1
+
+
+def _with_numerics(rec, digest: str):  # type: ignore[no-untyped-def]
+    rec.provenance["numerics"] = digest
+    return rec
+
+
+def test_rows_made_by_code_with_other_reference_numerics_are_named() -> None:
+    recs = [_with_numerics(make_record("old", score=0.5), "1" * 64), _with_numerics(make_record("new", score=0.6),
+            "2" * 64), _with_numerics(make_record("new2", score=0.55), "2" * 64)]  # fmt: skip
+    df = ranked_table(recs)
+    assert list(df["numerics"]) == ["22222222", "22222222", "11111111"]
+    text = format_table(df)
+    assert "reference numerics 22222222: new, new2; 11111111: old" in text
+    assert "numerics" not in text.splitlines()[1]  # the note names the rows; the text table has no such column
+    assert "Rows made by code that computes this protocol differently" in render_page(recs)
+    same = [_with_numerics(make_record(n, score=0.5), "1" * 64) for n in ("a", "b")]
+    assert "computes this protocol differently" not in format_table(ranked_table(same))
+    older = make_record("c", score=0.4)  # made before records carried the digest
+    assert "reference numerics 11111111: a, b; none (older code): c" in format_table(ranked_table([*same, older]))
+    assert "computes this protocol differently" not in format_table(ranked_table([older, make_record("d")]))
+
+
 def test_record_file_stem_is_known_before_the_run() -> None:
     """The CLI refuses a duplicate before evaluating; it must name the same file the record will have."""
     from leaderboard.record import record_file_stem
