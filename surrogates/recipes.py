@@ -25,6 +25,7 @@ import glob
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -589,12 +590,7 @@ def train_recipe(
     """
     recipe, cfg = RECIPES.get(recipe_name), configure(recipe_name, overrides)
     out, dev = Path(out_dir), torch.device(device)
-    written = [out]
-    if cfg.es_epochs_after_decay:  # and its siblings
-        written += [
-            out.with_name(f"{out.name}-final"),
-            *sorted(out.parent.glob(f"{glob.escape(out.name)}-epoch[0-9]*")),
-        ]
+    written = [out, *(_early_stopping_siblings(out) if cfg.es_epochs_after_decay else [])]
     for path in written:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another folder.")
@@ -611,6 +607,13 @@ def train_recipe(
     if ckpts is not None:
         return _save_early_stopping(recipe, cfg, data, spec, model, run, ckpts, out, overwrite)
     return spec.save(model, out, _metadata(recipe, cfg, data, out.name, run, dev), overwrite)
+
+
+def _early_stopping_siblings(out: Path) -> list[Path]:
+    """The ``-final`` folder of an early-stopping run at ``out`` and its ``-epochNNN`` folders that exist."""
+    epoch = re.compile(rf"{re.escape(out.name)}-epoch\d{{3,}}")
+    found = sorted(p for p in out.parent.glob(f"{glob.escape(out.name)}-epoch*") if epoch.fullmatch(p.name))
+    return [out.with_name(f"{out.name}-final"), *found]
 
 
 def seed_member(out_dir: str | Path, seed: int) -> Path:
@@ -632,8 +635,8 @@ def _trained_differently(member: Path, recipe_name: str, cfg: RecipeConfig, arch
     try:
         found = load_surrogate(member).config  # reads the weights too: a truncated file is caught here
     except SubmissionError as e:
-        raise SubmissionError(f"{member} is not a complete submission ({e}); delete it or pass --overwrite to "
-                              "train that seed again.") from None  # fmt: skip
+        raise SubmissionError(f"{member} is not a complete submission ({e}); delete it to train that seed again "
+                              "(--overwrite trains every seed again). Nothing was trained.") from None  # fmt: skip
     meta = found.metadata
     if found.kind != "single":
         return [f"kind ({found.kind!r}, not a single checkpoint)"]
@@ -641,7 +644,8 @@ def _trained_differently(member: Path, recipe_name: str, cfg: RecipeConfig, arch
               "training data": data_sha256}  # fmt: skip
     have = {"recipe": meta.get("recipe"), "architecture": found.architecture,
             "arch_kwargs": _as_json(dict(found.arch_kwargs)),
-            "training data": (meta.get("train_data") or {}).get("sha256")}  # fmt: skip
+            "training data": train_data.get("sha256") if isinstance(train_data := meta.get("train_data"), dict)
+            else None}  # fmt: skip
     differ = [k for k in wanted if have[k] != wanted[k]]
     hp_want, hp_have = _as_json(asdict(cfg)), meta.get("hyperparameters")
     if not isinstance(hp_have, dict):
@@ -662,6 +666,8 @@ def check_seed_request(
     distinct), a seed also given as a hyperparameter, an LGV recipe, the hyperparameters themselves and an
     existing group folder. Returns the recipe's config (seed not yet set)."""
     seeds = list(seeds)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be integers, got {seeds}")
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed group needs two or more different seeds, got {seeds}")
     if any(_field_name(k) == "seed" for k in (overrides or {})):
@@ -674,9 +680,50 @@ def check_seed_request(
                          "single checkpoints: train each seed with `transferbench train --seed N`")  # fmt: skip
     out = Path(out_dir)
     if out.exists() and not overwrite:
+        if _config_kind(out) == "single":
+            raise FileExistsError(
+                f"{out} holds a single trained checkpoint, not a seed group. To use it as one seed's member, move it "
+                f"to {seed_member(out, seeds[0]).name} (or -s<its seed>) beside it: a member that records the same "
+                "training is kept, not retrained. Otherwise choose another --out."
+            )
         raise FileExistsError(f"{out} exists: delete it to assemble the group again (trained members beside it "
                               f"are kept) or pass --overwrite to train every seed again.")  # fmt: skip
     return base
+
+
+def _config_kind(folder: Path) -> str | None:
+    """The ``kind`` a submission folder's config.json states (None where there is no readable one)."""
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return str(raw.get("kind", "single")) if isinstance(raw, dict) else None
+
+
+def _check_seed_members(recipe_name: str, base: RecipeConfig, seeds: Sequence[int], out: Path, arch: str,
+                        arch_kwargs: Mapping[str, Any], data_sha256: str) -> list[int]:  # fmt: skip
+    """The seeds that still need training; refuses, before any of them trains, a member folder that holds
+    another training or is incomplete, and early-stopping folders that a missing member's run would overwrite."""
+    missing = []
+    for seed in seeds:
+        member, cfg = seed_member(out, seed), dataclasses.replace(base, seed=seed)
+        if member.exists():
+            differ = _trained_differently(member, recipe_name, cfg, arch, arch_kwargs, data_sha256)
+            if differ:
+                raise FileExistsError(
+                    f"{member} exists but holds another training (it differs in {', '.join(differ)}); delete "
+                    "it (and its -final / -epochNNN folders, if any) to train that seed again, or choose another "
+                    "--out. Nothing was trained."
+                )
+            continue
+        left = [p for p in _early_stopping_siblings(member) if p.exists()] if cfg.es_epochs_after_decay else []
+        if left:
+            raise FileExistsError(
+                f"seed {seed}: {', '.join(p.name for p in left)} exist beside the missing member {member.name} "
+                "(an early-stopping run cut short?); delete them to train that seed again. Nothing was trained."
+            )
+        missing.append(seed)
+    return missing
 
 
 def train_seeds(
@@ -698,27 +745,24 @@ def train_seeds(
     alone too. A member folder that exists already and records this very training (recipe, every
     hyperparameter with its seed, architecture and its arguments, training data sha256) is kept, not
     retrained: a run cut short resumes with the seeds still missing. One that records anything else, or is
-    incomplete, is an error naming what differs. ``overwrite`` trains every seed again. The group is written
-    last. :func:`check_seed_request` runs first.
+    incomplete, is an error naming what differs, raised before any seed trains. ``overwrite`` trains every seed
+    again. The group is written last. :func:`check_seed_request` runs first.
     """
-    seeds = [int(s) for s in seeds]
+    seeds = list(seeds)
     overrides = dict(overrides or {})
     base = check_seed_request(recipe_name, seeds, out_dir, overrides, overwrite)
     out, kwargs = Path(out_dir), dict(arch_kwargs or {})
-    data_sha256 = data.content_sha256()
+    to_train = seeds if overwrite else _check_seed_members(recipe_name, base, seeds, out, arch, kwargs,
+                                                           data.content_sha256())  # fmt: skip
     members: dict[str, Path] = {}
     for seed in seeds:
-        member, cfg = seed_member(out, seed), dataclasses.replace(base, seed=seed)
-        if member.exists() and not overwrite:
-            differ = _trained_differently(member, recipe_name, cfg, arch, kwargs, data_sha256)
-            if differ:
-                raise FileExistsError(f"{member} exists but holds another training (it differs in "
-                                      f"{', '.join(differ)}); pass --overwrite or choose another --out.")  # fmt: skip
-            log.info("seed %d: keeping %s, trained already with these settings", seed, member)
-        else:
+        member = seed_member(out, seed)
+        if seed in to_train:
             log.info("seed %d of %s: training %s", seed, seeds, member)
             train_recipe(recipe_name, data, arch=arch, out_dir=member, overrides={**overrides, "seed": seed},
                          device=device, arch_kwargs=kwargs, overwrite=overwrite)  # fmt: skip
+        else:
+            log.info("seed %d: keeping %s, trained already with these settings", seed, member)
         members[member.name] = member
     meta = {"name": out.name, "recipe": recipe_name}
     return save_group(members, out, kind="seed-group", metadata=meta, overwrite=overwrite)

@@ -186,10 +186,32 @@ def test_train_seeds_writes_each_seeds_training_and_their_group(digits: ImageSet
     with pytest.raises(FileExistsError, match=r"st-s0 exists but holds another training .*hyperparameter lr"):
         seeds(tmp_path / "st", [0, 1], lr=0.01)
     assert not group.exists()
+    # Every member is checked before any seed trains: a bad last member does not cost the missing first seed.
+    shutil.rmtree(s0)
+    config = json.loads((s1 / "config.json").read_text())
+    config["metadata"]["train_data"] = "digits, train split"  # free-form metadata: read as not recorded
+    (s1 / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileExistsError, match=r"st-s1 exists but holds another training .*training data.*delete it"):
+        seeds(tmp_path / "st", [0, 1])
+    assert not s0.exists() and not group.exists()
     with pytest.raises(FileExistsError, match=r"differs in architecture"):
         train_seeds("st", digits, [0, 1], arch="cifar_resnet18", arch_kwargs={"width": 4}, out_dir=group,
                     overrides=QUICK)  # fmt: skip
     assert not group.exists()
+
+
+def test_train_seeds_on_a_single_trained_checkpoint_says_how_to_make_it_a_member(digits: ImageSet,
+                                                                                  tmp_path: Path) -> None:  # fmt: skip
+    single = train_quick("st", digits, tmp_path / "st", seed=0)
+    with pytest.raises(FileExistsError, match=r"st holds a single trained checkpoint, not a seed.*move it to st-s0"):
+        train_seeds("st", digits, [0, 1], arch=TINY_ARCH[0], arch_kwargs=TINY_ARCH[1], out_dir=single,
+                    overrides=QUICK)  # fmt: skip
+    single.rename(tmp_path / "st-s0")  # as the message says: it is then kept as seed 0's member
+    kept = (tmp_path / "st-s0" / "model.safetensors").stat().st_mtime_ns
+    group = train_seeds("st", digits, [0, 1], arch=TINY_ARCH[0], arch_kwargs=TINY_ARCH[1], out_dir=tmp_path / "st",
+                        overrides=QUICK)  # fmt: skip
+    assert (tmp_path / "st-s0" / "model.safetensors").stat().st_mtime_ns == kept
+    assert load_surrogate(group).run_names == ["st-s0", "st-s1"]
 
 
 @pytest.mark.parametrize(
@@ -201,6 +223,7 @@ def test_train_seeds_writes_each_seeds_training_and_their_group(digits: ImageSet
         ("lgv", [0, 1], {}, "LGV ensemble per training"),
         ("st", [0, 1], {"no_such": 1}, "unknown hyperparameter"),
         ("st", [0, -1], {}, r"seed must be an integer in \[0, 2\*\*63\): -1"),
+        ("st", [0, 1.7], {}, r"seeds must be integers, got \[0, 1.7\]"),
     ],
 )
 def test_train_seeds_refuses_what_is_no_seed_group(
@@ -225,19 +248,24 @@ def test_train_seeds_resumes_early_stopping_members_and_refuses_incomplete_ones(
     siblings = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("es-s1"))
     assert siblings == ["es-s1", "es-s1-epoch003", "es-s1-final"]  # the selected checkpoint and the others
     # Cut short after the siblings but before the selected checkpoint (written last): the rerun stops before
-    # training, naming the half-written seed, rather than keeping a member without its siblings.
+    # training anything (not even the missing seed 0), naming the half-written seed and what to delete.
+    s0_weights = (seed_member(group, 0) / "model.safetensors").read_bytes()
     shutil.rmtree(group), shutil.rmtree(s1)
-    with pytest.raises(FileExistsError, match="es-s1-final exists"):
+    for p in tmp_path.glob("es-s0*"):  # seed 0 never trained
+        shutil.rmtree(p)
+    with pytest.raises(FileExistsError, match="seed 1: es-s1-final, es-s1-epoch003 exist beside the missing member"):
         seeds()
+    assert not seed_member(group, 0).exists()
     for p in tmp_path.glob("es-s1-*"):
         shutil.rmtree(p)
     group = seeds()
     assert load_surrogate(group).run_names == ["es-s0", "es-s1"]
+    assert (seed_member(group, 0) / "model.safetensors").read_bytes() == s0_weights  # the same training again
     # A member whose weights file is damaged is never taken into a group.
     shutil.rmtree(group)
     weights = s1 / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(SubmissionError, match=r"es-s1 is not a complete submission .*delete it or pass --overwrite"):
+    with pytest.raises(SubmissionError, match=r"es-s1 is not a complete submission .*delete it to train that seed"):
         seeds()
     assert not group.exists()
     before = (seed_member(group, 0) / "model.safetensors").stat().st_mtime_ns
