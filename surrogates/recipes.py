@@ -45,7 +45,7 @@ from bench.registry import Registry
 from surrogates.augment import AdversarialExamples, Augment, eval_mode
 from surrogates.regularizers import INPUT_PENALTIES, Objective
 from surrogates.sam import SAM
-from surrogates.submission import SubmissionError, load_surrogate, save_group, save_surrogate
+from surrogates.submission import SubmissionError, differing_keys, load_surrogate, save_group, save_surrogate
 from surrogates.training import EpochLog, TrainParts, evaluate_accuracy, fit, lr_factor, model_device
 
 log = logging.getLogger(__name__)
@@ -650,9 +650,7 @@ def _trained_differently(member: Path, recipe_name: str, cfg: RecipeConfig, arch
     hp_want, hp_have = _as_json(asdict(cfg)), meta.get("hyperparameters")
     if not isinstance(hp_have, dict):
         return [*differ, "hyperparameters (not recorded)"]
-    return differ + [
-        f"hyperparameter {k}" for k in sorted(set(hp_have) | set(hp_want)) if hp_have.get(k) != hp_want.get(k)
-    ]
+    return differ + [f"hyperparameter {k}" for k in differing_keys(hp_have, hp_want)]
 
 
 def check_seed_request(

@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -456,6 +456,12 @@ def _same_weights(shas: Mapping[str, str]) -> list[str]:
 _SEED_FREE = ("seed", "channels_last")  # hyperparameters seeds of one recipe may differ in (layout: same maths)
 
 
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """The keys (sorted) whose values differ between ``a`` and ``b``, a key missing on one side included."""
+    skip = set(ignore)
+    return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
+
+
 def check_seed_group(members: Mapping[str, SurrogateConfig], where: Path) -> None:
     """Raise :class:`SubmissionError` unless ``members`` look like seeds of one recipe (see :func:`save_group`)."""
     fields = ("kind", "architecture", "arch_kwargs", "num_classes", "input_size", "mean", "std")
@@ -473,7 +479,7 @@ def check_seed_group(members: Mapping[str, SurrogateConfig], where: Path) -> Non
             if a is None or b is None:
                 continue  # not recorded (an external checkpoint): nothing to check
             if key == "hyperparameters" and isinstance(a, dict) and isinstance(b, dict):
-                differ = sorted(k for k in set(a) | set(b) if k not in _SEED_FREE and a.get(k) != b.get(k))
+                differ = differing_keys(a, b, ignore=_SEED_FREE)
                 if differ:
                     raise SubmissionError(f"{where}: seed-group members {first_name!r} and {name!r} were trained with "
                                           f"different hyperparameters {differ}; only the seed may differ.")  # fmt: skip
