@@ -241,6 +241,7 @@ def publish(record: Record, cfg: HubConfig, *, overwrite: bool = False) -> str:
             f"refusing to publish {record.file_stem}: {'; '.join(record.deviations)}. The Hub leaderboard holds only "
             "runs of the whole protocol at its precision; evaluate again without --limit and --precision."
         )
+    _check_numerics(record)
     data = _validated_bytes(record)
     try:
         path = record_path(record)
@@ -351,6 +352,30 @@ class PullReport:
             f"{len(self.unchanged)} unchanged, {len(self.rejected)} rejected"
         )
         return "\n".join([text, *(f"  rejected {r.path}: {r.reason}" for r in self.rejected)])
+
+
+def _check_numerics(record: Record) -> None:
+    """Refuse a record made by code that computes its (registered, same-hash) protocol differently from this
+    version: on the shared board it would rank beside results it cannot be compared with. A record without the
+    digest (made before records carried it) is published with a warning; the tables name such rows."""
+    from bench.numerics import numerics_digest
+    from bench.protocol import PROTOCOLS
+
+    proto = record.protocol
+    registered = PROTOCOLS.get(proto["name"]) if proto["name"] in PROTOCOLS else None
+    if registered is None or registered.sha256 != proto["sha256"]:
+        return
+    have, want = record.provenance.get("numerics"), numerics_digest(registered)
+    if have is None:
+        log.warning("%s carries no reference-numerics digest (made before records had one): the leaderboard "
+                    "will name it beside newer rows", record.file_stem)  # fmt: skip
+    elif want is not None and have != want:
+        raise PublishError(
+            f"refusing to publish {record.file_stem}: it was made by code that computes {registered.id} differently "
+            f"from this version (reference numerics {have[:12]} vs {want[:12]}, bench/numerics.py). Re-evaluate it "
+            "with this version, or publish it with the version that made it "
+            f"(TransferBench {record.provenance.get('package_version')}, git {record.provenance.get('git_sha')})."
+        )
 
 
 def _refuse_constant(name: str) -> Any:

@@ -153,6 +153,27 @@ def test_publish_duplicate_refused_overwrite_replaces(hub: FakeHub, cfg: HubConf
     assert report.updated == [store.path_for(rec)] and store.path_for(rec).read_bytes() == _bytes(rerun)
 
 
+def test_a_record_made_by_code_that_computes_differently_is_not_published(
+    hub: FakeHub, cfg: HubConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bench.numerics import numerics_digest
+    from bench.protocol import get_protocol
+
+    current = numerics_digest(get_protocol("smoke-digits"))
+    other = make_record("sur-a")
+    other.provenance["numerics"] = "f" * 64
+    with pytest.raises(PublishError, match=r"computes smoke-digits-v2 differently .*ffffffffffff vs .*Re-evaluate"):
+        publish(other, cfg)
+    assert hub.count("POST", "/commit/") == 0
+    older = make_record("sur-b")  # no digest: made before records carried one
+    publish(older, cfg)
+    assert "carries no reference-numerics digest" in caplog.text
+    same = make_record("sur-c")
+    same.provenance["numerics"] = current
+    publish(same, cfg)
+    assert hub.count("POST", "/commit/") == 2
+
+
 def test_invalid_record_is_not_published(hub: FakeHub, cfg: HubConfig) -> None:
     empty_runs = make_record("sur-a")
     empty_runs.runs = []
