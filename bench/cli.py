@@ -43,6 +43,7 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     from bench import numerics
+    from bench.attacks.external import OptionalDependencyError
 
     names = args.protocol or list(PROTOCOLS)
     protocols = [get_protocol(n) for n in names]
@@ -53,7 +54,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
         n_values = len(numerics.pinned_entry(p, pins)["values"])
         try:
             moved = numerics.check([p], pins)
-        except ImportError as e:  # an optional peer library (AutoAttack's torchattacks) is not installed
+        except OptionalDependencyError as e:  # AutoAttack's torchattacks is not installed
             print(f"{p.id:<24}{n_values:>7}  skipped: {e}", flush=True)
             continue
         drifts, checked = drifts + moved, checked + 1
@@ -62,6 +63,9 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     if drifts:
         print(numerics.drift_report(drifts))
         print(f"selfcheck FAILED ({where})")
+        return 1
+    if not checked:
+        print(f"selfcheck checked nothing: every protocol asked for was skipped ({where})")
         return 1
     print(f"selfcheck passed: this install reproduces the reference numerics of {checked} protocol(s) ({where})")
     return 0

@@ -36,7 +36,7 @@ from bench.metrics.sharpness import hessian_top_eigenvalue, hessian_trace
 from bench.metrics.similarity import gradient_similarity_many
 from bench.metrics.smoothness import hessian_vector_product, smoothness
 from bench.models.adapters import RestrictLogits
-from bench.numerics import numerics_digest
+from bench.numerics import verified_digest
 from bench.precision import PRECISIONS, ieee_fp32, math_settings, prepare
 from bench.protocol import Cell, Protocol
 from leaderboard.record import Record
@@ -499,12 +499,16 @@ def evaluate(
     (a ``DeterminismError`` naming it). Batch shapes change float rounding, so the batch size is then fixed
     (``batch_size``, else ``DEFAULT_BATCH_SIZE``) and an out-of-memory error ends the run instead of backing off.
     CPU runs are deterministic either way. ``provenance.math`` records it.
+    Before anything else, the protocol's reference numerics are reproduced on the CPU (``bench.numerics``; seconds,
+    once per process): ``provenance.numerics`` is their digest where this install reproduces them, else null,
+    and ``provenance.numerics_check`` says why.
     """
     used = protocol.precision if precision is None else precision
     if used not in PRECISIONS:
         raise EvaluationError(f"unknown precision {used!r}; use one of {', '.join(PRECISIONS)}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise EvaluationError(f"batch_size must be a positive int or None (sized from free memory), got {batch_size!r}")
+    verified_digest(protocol)  # the reference numerics, reproduced on the CPU first (once per process and protocol)
     # refusals_named: an op refused by deterministic mode that the check on two images did not meet
     refused = refusals_named(f"the evaluation of {surrogate.name} (surrogate or a target)")
     with ieee_fp32(), deterministic_algorithms(deterministic), refused:
@@ -626,7 +630,8 @@ def _evaluate(
         },
         provenance={
             **provenance.collect(device, precision=precision, seed=protocol.seed),
-            "numerics": numerics_digest(protocol),
+            "numerics": verified_digest(protocol)[0],
+            "numerics_check": verified_digest(protocol)[1],
             "protocol_precision": protocol.precision,
             "precision_matches_protocol": precision == protocol.precision,
             "channels_last": channels_last,

@@ -165,6 +165,13 @@ class Comparison:
                 "it does not cover training-seed variance (two seeds of one recipe can differ significantly). To "
                 "compare training methods, evaluate a seed group of each and pass --level recipe."
             )
+        if bool(self.numerics_a) != bool(self.numerics_b):
+            unverified = "A" if not self.numerics_a else "B"
+            lines.append(
+                f"note: {unverified} carries no reference-numerics digest (made before records had one, or by an "
+                "install that did not reproduce its protocol's pins: provenance.numerics_check), so whether A and B "
+                "were computed the same way is unknown."
+            )
         if self.numerics_a and self.numerics_b and self.numerics_a != self.numerics_b:
             lines.append(
                 f"WARNING: A and B were made by code that computes this protocol differently (reference numerics "

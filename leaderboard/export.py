@@ -339,16 +339,18 @@ def _split(df: pd.DataFrame) -> list[tuple[dict[str, dict[str, Any]], pd.DataFra
         return [(cite, flat, "")]
     blocks = []
     for key in sorted(flat["protocol"].unique()):
-        drop = [c for c in ("protocol", "kind", "group", "protocol_sha256", "protocol_kind") if c in flat.columns]
+        hidden = ("protocol", "kind", "group", "protocol_sha256", "protocol_kind", "numerics")  # numerics: its note
+        drop = [c for c in hidden if c in flat.columns]
         sub = flat[flat["protocol"] == key]
         groups = list(dict.fromkeys(sub["group"])) if "group" in sub.columns else [""]
         for group in groups:
-            part = (sub[sub["group"] == group] if "group" in sub.columns else sub).drop(columns=drop)
+            whole = sub[sub["group"] == group] if "group" in sub.columns else sub
+            part = whole.drop(columns=drop)
             if df.attrs.get("drop_empty"):  # wide tables: another protocol's targets and budgets are not this one's
                 part = part.dropna(axis=1, how="all")
             note = f"ranked separately ({GROUP_NOTE}): {group}" if len(groups) > 1 else ""
             if {"runs", "score_std"} <= set(part.columns):  # ranked tables
-                note = "; ".join(filter(None, [note, *group_notes(part)]))
+                note = "; ".join(filter(None, [note, *group_notes(whole)]))
             blocks.append(({key: cite[key]} if key in cite else {}, part.reset_index(drop=True), note))
     return blocks
 

@@ -12,10 +12,10 @@ Layout (schema_version 1)::
     score        the ranking number: mean over targets of the ranking ASR in the ranking cell, mean (and
                  std over seeds) across runs
     provenance   package version and git sha, python/torch/CUDA versions, device, precision, seed, wall time,
-                 and ``numerics``: the digest of the reference numerics that the code which made the record
-                 pins for its protocol (bench/numerics.py; the code reproduces them on a CPU: tests,
-                 ``transferbench selfcheck``), so that records of one protocol hash made by code that
-                 computes differently are told apart (null where the protocol has no pins)
+                 and ``numerics``: the digest of its protocol's reference numerics, which the evaluation
+                 reproduced on the CPU before it ran (bench/numerics.py), so that records of one protocol hash
+                 made by code that computes differently are told apart; null where it could not
+                 (``numerics_check`` says why: no pins for this hash, values moved, a library missing)
     integrity    sha256 of the canonical JSON of everything above: a record damaged in transit, or edited
                  by hand without recomputing it, no longer verifies. It is a checksum, not a signature:
                  anyone can recompute it after an edit. What a shared leaderboard can check beyond it is

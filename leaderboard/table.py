@@ -42,14 +42,15 @@ def seed_noise_note(df: pd.DataFrame) -> str:
 
 def numerics_note(df: pd.DataFrame) -> str:
     """Where rows of one ranked table were made by code that computes the protocol differently (their records'
-    ``provenance.numerics`` differ, bench/numerics.py), which rows carry which digest; rows without one (records
-    made before the digest existed) count as different from rows with one. '' where all rows agree."""
+    ``provenance.numerics`` differ, bench/numerics.py), which rows carry which digest; rows without one
+    ("unverified": made before records carried it, or by an install that did not reproduce the pins) count as
+    different from rows with one. '' where all rows agree."""
     if df.empty or "numerics" not in df.columns:
         return ""
     digests = list(dict.fromkeys(df["numerics"].astype(str)))
     if len(digests) < 2:
         return ""
-    rows = "; ".join(f"{d or 'none (older code)'}: {', '.join(map(str, df.loc[df['numerics'] == d, 'surrogate']))}"
+    rows = "; ".join(f"{d or 'unverified'}: {', '.join(map(str, df.loc[df['numerics'] == d, 'surrogate']))}"
                      for d in digests)  # fmt: skip
     return (f"rows made by code that computes this protocol differently (reference numerics {rows}): differences "
             "between them may come from the code, not the surrogates; re-evaluate the older rows")  # fmt: skip

@@ -246,8 +246,11 @@ def test_records_made_by_code_with_other_reference_numerics_are_compared_with_a_
     assert "aaaaaaaaaaaa vs bbbbbbbbbbbb" in text and "Re-evaluate the older record" in text
     b.provenance["numerics"] = "a" * 64
     assert "WARNING" not in compare(a, b).format()
-    b.provenance["numerics"] = None  # unknown (a protocol without pins, or an older record): nothing to say
-    assert "WARNING" not in compare(a, b).format()
+    b.provenance["numerics"] = None  # unknown (an older record, or an install that did not reproduce the pins)
+    text = compare(a, b).format()
+    assert "WARNING" not in text and "note: B carries no reference-numerics digest" in text
+    a.provenance["numerics"] = None
+    assert "reference-numerics" not in compare(a, b).format()  # neither knows: nothing to compare
 
 
 def test_records_of_different_precisions_are_compared_only_when_asked(pair: tuple[Record, Record]) -> None:

@@ -669,7 +669,7 @@ def test_rows_made_by_code_with_other_reference_numerics_are_named() -> None:
     same = [_with_numerics(make_record(n, score=0.5), "1" * 64) for n in ("a", "b")]
     assert "computes this protocol differently" not in format_table(ranked_table(same))
     older = make_record("c", score=0.4)  # made before records carried the digest
-    assert "reference numerics 11111111: a, b; none (older code): c" in format_table(ranked_table([*same, older]))
+    assert "reference numerics 11111111: a, b; unverified: c" in format_table(ranked_table([*same, older]))
     assert "computes this protocol differently" not in format_table(ranked_table([older, make_record("d")]))
 
 

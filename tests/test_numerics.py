@@ -62,7 +62,7 @@ def test_a_change_in_a_metric_is_caught(monkeypatch: pytest.MonkeyPatch) -> None
 def test_values_within_tolerance_pass_and_integers_must_match() -> None:
     pinned = {"pgd/linf-8/untargeted.sum": 100.0, "smoothness.eigenvalue[0]": 2.0, "smoothness.iterations": 7,
               "pgd/linf-8/untargeted.success[0]": True, "similarity.t[0]": None}  # fmt: skip
-    same = {**pinned, "pgd/linf-8/untargeted.sum": 100.0 * (1 + 1e-12), "smoothness.eigenvalue[0]": 2.0 * (1 + 5e-5)}
+    same = {**pinned, "pgd/linf-8/untargeted.sum": 100.0 * (1 + 1e-12), "smoothness.eigenvalue[0]": 2.0 * (1 + 5e-7)}
     assert numerics.compare("p-v1", pinned, same) == []
     moved = {**pinned, "pgd/linf-8/untargeted.sum": 100.0 * (1 + 1e-6), "smoothness.iterations": 8,
              "pgd/linf-8/untargeted.success[0]": False, "similarity.t[0]": 0.5, "extra": 1}  # fmt: skip
@@ -86,7 +86,7 @@ def test_reference_inputs_are_images_and_the_models_disagree_between_images() ->
 
 
 def test_missing_corrupt_and_stale_pins_are_named_with_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(numerics.PinsError, match=r"missing.*numerics_pins\.py"):
+    with pytest.raises(numerics.PinsError, match=r"missing\. The file ships with the package: reinstall"):
         numerics.load_pins(tmp_path / "absent.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -135,9 +135,35 @@ def test_selfcheck_skips_a_protocol_whose_optional_library_is_missing(
     from bench.cli import main
 
     def absent() -> None:
-        raise ImportError("the autoattack cells need torchattacks")
+        raise external.OptionalDependencyError("the autoattack cells need torchattacks")
 
     monkeypatch.setattr(external, "_torchattacks", absent)
     assert main(["selfcheck", "--protocol", "cifar10-autoattack", "smoke-digits"]) == 0
     out = capsys.readouterr().out
     assert "skipped: the autoattack cells need torchattacks" in out and "of 1 protocol(s)" in out
+    assert main(["selfcheck", "--protocol", "cifar10-autoattack"]) == 1  # nothing checked is no pass
+    assert "selfcheck checked nothing" in capsys.readouterr().out
+
+    def broken() -> None:
+        raise ImportError("torchattacks is installed but broken")  # not a missing optional library: an error
+
+    monkeypatch.setattr(external, "_torchattacks", broken)
+    with pytest.raises(ImportError, match="installed but broken"):
+        main(["selfcheck", "--protocol", "cifar10-autoattack"])
+
+
+def test_an_evaluation_stamps_the_digest_only_where_this_install_reproduces_the_pins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+
+    monkeypatch.setattr(numerics, "_VERIFIED", {})
+    assert numerics.verified_digest(SMOKE) == (numerics.numerics_digest(SMOKE), "reproduced")
+    assert numerics.verified_digest(dataclasses.replace(SMOKE, smoothness_iters=21)) == (
+        None, "no pins for this protocol hash"
+    )  # fmt: skip
+    monkeypatch.setattr(numerics, "_VERIFIED", {})
+    original = sharpness._random_like
+    monkeypatch.setattr(sharpness, "_random_like", lambda params, gen, kind: original(params, gen, "gaussian"))
+    digest, how = numerics.verified_digest(SMOKE)
+    assert digest is None and how.endswith("values moved")

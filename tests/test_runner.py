@@ -74,7 +74,8 @@ def test_record_is_complete_and_rates_follow_from_the_bits(world) -> None:
     assert all(-1 <= s["mean"] <= 1 for s in run["similarity"].values())
     for key in ("torch", "device", "precision", "seed", "git_sha", "wall_time_s", "package_version"):
         assert key in rec.provenance
-    assert rec.provenance["numerics"] == numerics_digest(PROTO) is not None  # the code's reference numerics
+    assert rec.provenance["numerics"] == numerics_digest(PROTO) is not None  # reproduced before the run
+    assert rec.provenance["numerics_check"] == "reproduced"
     assert rec.score["mean"] == pytest.approx(
         np.mean([t["target_correct"]["rate"] for t in run["cells"][PROTO.ranking_cell]["targets"].values()])
     )

@@ -42,11 +42,15 @@ def target_classes(num_classes: int) -> int:
 EXTERNAL_ATTACKS = ("autoattack",)
 
 
+class OptionalDependencyError(ImportError):
+    """A peer library that only some protocols need (torchattacks for AutoAttack) is not installed."""
+
+
 def _torchattacks() -> Any:
     try:
         import torchattacks
     except ImportError as e:
-        raise ImportError(
+        raise OptionalDependencyError(
             'the autoattack cells need torchattacks: pip install "transferbench[autoattack]" (or torchattacks>=3.5.1)'
         ) from e
     return torchattacks

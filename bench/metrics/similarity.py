@@ -52,6 +52,14 @@ class SimilarityResult:
         return float(finite.min()) if finite.numel() else math.nan
 
 
+def metric_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the metrics compute in for ``model``: float32 (the benchmark's models), float64 for a model whose
+    parameters are float64 (the reference numerics of bench/numerics.py, where the last bits must not depend on
+    the machine)."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
+
+
 def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
     """``device`` if given, else the device of the model's first parameter or buffer, else CPU."""
     if device is not None:
@@ -138,8 +146,9 @@ def cosine_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Each row is first divided by its largest absolute entry. The cosine is scale-invariant, and this keeps tiny
     but non-zero gradients (whose squares would underflow in float32) from being mistaken for zero ones.
     """
-    a = a.detach().flatten(1).float()  # (B, D)
-    b = b.detach().flatten(1).float()  # (B, D)
+    dtype = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+    a = a.detach().flatten(1).to(dtype)  # (B, D)
+    b = b.detach().flatten(1).to(dtype)  # (B, D)
     a_max = a.abs().amax(dim=1, keepdim=True)  # (B, 1)
     b_max = b.abs().amax(dim=1, keepdim=True)  # (B, 1)
     valid = (a_max > 0) & (b_max > 0)  # (B, 1)
@@ -148,7 +157,7 @@ def cosine_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     denom = a.norm(dim=1) * b.norm(dim=1)  # (B,)
     cos = (a * b).sum(dim=1) / torch.where(valid[:, 0], denom, torch.ones_like(denom))  # (B,)
     cos = cos.clamp(-1.0, 1.0)  # rounding can step just outside [-1, 1]
-    return torch.where(valid[:, 0], cos, torch.full_like(cos, math.nan)).cpu()
+    return torch.where(valid[:, 0], cos, torch.full_like(cos, math.nan)).float().cpu()
 
 
 def gradient_cosine(surrogate: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -171,7 +180,8 @@ def gradient_similarity(
     """Gradient cosines of one surrogate/target pair over an image set, in batches of ``batch_size``.
 
     ``images`` (N, C, H, W) float in [0, 1] and ``labels`` (N,) may live on CPU; each batch is moved to ``device``
-    (default: the surrogate's device) as float32. Both models must already be on that device and in eval mode.
+    (default: the surrogate's device) as float32 (float64 for a float64 surrogate, :func:`metric_dtype`). Both
+    models must already be on that device and in eval mode.
     """
     return gradient_similarity_many(
         surrogate, {"target": target}, images, labels, batch_size=batch_size, device=device
@@ -196,12 +206,12 @@ def gradient_similarity_many(
     for target in targets.values():
         check_eval_mode(target)
     n = check_dataset(images, labels, batch_size)
-    device = resolve_device(surrogate, device)
+    device, dtype = resolve_device(surrogate, device), metric_dtype(surrogate)
     if not targets:
         return {}
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in targets}
     for start in range(0, n, batch_size):
-        x = images[start : start + batch_size].to(device=device, dtype=torch.float32)  # (b, C, H, W)
+        x = images[start : start + batch_size].to(device=device, dtype=dtype)  # (b, C, H, W)
         y = labels[start : start + batch_size].to(device)  # (b,)
         grad_surrogate = finite_gradient("the surrogate", input_gradient(surrogate, x, y), start)  # (b, C, H, W)
         for name, target in targets.items():

@@ -30,6 +30,7 @@ from bench.metrics.similarity import (
     check_dataset,
     check_eval_mode,
     margin_cross_entropy,
+    metric_dtype,
     no_autocast,
     resolve_device,
 )
@@ -246,8 +247,9 @@ def smoothness(
     ``stop`` is the convergence rule (:data:`STOP_RULES`); a protocol pins it (``Protocol.smoothness_stop``).
 
     ``images`` (N, C, H, W) float in [0, 1] and ``labels`` (N,) may live on CPU; each batch is moved to ``device``
-    (default: the model's device) as float32. ``ids`` (N,) key the start vectors (default ``arange(N)``): pass the
-    images' protocol ids so that an image's eigenvalue does not depend on which subset or batch it is in.
+    (default: the model's device) as float32 (float64 for a float64 model, :func:`metric_dtype`). ``ids`` (N,)
+    key the start vectors (default ``arange(N)``): pass the images' protocol ids so that an image's eigenvalue
+    does not depend on which subset or batch it is in.
     """
     check_eval_mode(model)
     n = check_dataset(images, labels, batch_size)
@@ -256,10 +258,10 @@ def smoothness(
         ids = torch.arange(n)
     elif ids.shape != (n,) or ids.is_floating_point():
         raise ValueError(f"ids must be an integer tensor of shape ({n},) matching images, got {ids.dtype} {ids.shape}")
-    device = resolve_device(model, device)
+    device, dtype = resolve_device(model, device), metric_dtype(model)
     parts = []
     for start in range(0, n, batch_size):
-        x = images[start : start + batch_size].to(device=device, dtype=torch.float32)  # (b, C, H, W)
+        x = images[start : start + batch_size].to(device=device, dtype=dtype)  # (b, C, H, W)
         y = labels[start : start + batch_size].to(device)  # (b,)
         init = init_vectors(ids[start : start + batch_size], x)  # (b, C, H, W)
         parts.append(input_hessian_top_eigenvalue(model, x, y, iters=iters, tol=tol, init=init, stop=stop))
