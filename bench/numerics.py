@@ -308,8 +308,16 @@ _VERIFIED: dict[str, tuple[str | None, str]] = {}
 def verified_digest(protocol: Protocol) -> tuple[str | None, str]:
     """``(digest, how)`` for a record's provenance: the pins' digest if this code reproduces ``protocol``'s pins
     here (on the CPU), else None; ``how`` says which: "reproduced", "no pins for this protocol hash",
-    "N values moved" or "not checked: <reason>". Computed once per process and protocol hash."""
+    "N values moved" or "not checked: <reason>". Computed once per process and protocol hash: a process whose code
+    changes while it runs (a notebook that reloads modules) must clear ``_VERIFIED``. The check runs the CPU's
+    kernels; a GPU run's own rounding is not part of it."""
     if protocol.sha256 not in _VERIFIED:
+        try:
+            load_pins()
+        except PinsError as e:
+            log.warning("the reference numerics cannot be checked: %s", e)
+            _VERIFIED[protocol.sha256] = (None, f"not checked: {e}")
+            return _VERIFIED[protocol.sha256]
         digest = numerics_digest(protocol)
         if digest is None:
             result: tuple[str | None, str] = (None, "no pins for this protocol hash")

@@ -445,6 +445,7 @@ def _surrogate_folder(args: argparse.Namespace, protocol: Any, root: Path) -> Pa
 
 def bench_protocol(args: argparse.Namespace, settings: Sequence[Setting], device: torch.device) -> dict[str, Any]:
     """``evaluate`` once per setting (fresh models each time), wall time, and the precision agreement vs fp32."""
+    from bench.numerics import verified_digest
     from bench.protocol import get_protocol
     from bench.runner import load_protocol_data
 
@@ -460,6 +461,7 @@ def bench_protocol(args: argparse.Namespace, settings: Sequence[Setting], device
     if any(s.compiled for s in settings):
         raise ValueError("the protocol measurement runs bench.runner.evaluate, which does not compile; drop +compile")
     data = load_protocol_data(protocol, args.data_dir)
+    verified_digest(protocol)  # evaluate's reference-numerics check (once per process): outside the timed runs
     runs, records = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = _surrogate_folder(args, protocol, Path(tmp))

@@ -339,8 +339,9 @@ def _split(df: pd.DataFrame) -> list[tuple[dict[str, dict[str, Any]], pd.DataFra
         return [(cite, flat, "")]
     blocks = []
     for key in sorted(flat["protocol"].unique()):
-        hidden = ("protocol", "kind", "group", "protocol_sha256", "protocol_kind", "numerics")  # numerics: its note
-        drop = [c for c in hidden if c in flat.columns]
+        ranked = {"runs", "score_std"} <= set(flat.columns)
+        hidden = ("protocol", "kind", "group", "protocol_sha256", "protocol_kind", *(("numerics",) if ranked else ()))
+        drop = [c for c in hidden if c in flat.columns]  # numerics: a ranked table's note names the rows instead
         sub = flat[flat["protocol"] == key]
         groups = list(dict.fromkeys(sub["group"])) if "group" in sub.columns else [""]
         for group in groups:
@@ -349,7 +350,7 @@ def _split(df: pd.DataFrame) -> list[tuple[dict[str, dict[str, Any]], pd.DataFra
             if df.attrs.get("drop_empty"):  # wide tables: another protocol's targets and budgets are not this one's
                 part = part.dropna(axis=1, how="all")
             note = f"ranked separately ({GROUP_NOTE}): {group}" if len(groups) > 1 else ""
-            if {"runs", "score_std"} <= set(part.columns):  # ranked tables
+            if ranked:
                 note = "; ".join(filter(None, [note, *group_notes(whole)]))
             blocks.append(({key: cite[key]} if key in cite else {}, part.reset_index(drop=True), note))
     return blocks

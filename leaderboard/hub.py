@@ -356,8 +356,9 @@ class PullReport:
 
 def _check_numerics(record: Record) -> None:
     """Refuse a record made by code that computes its (registered, same-hash) protocol differently from this
-    version: on the shared board it would rank beside results it cannot be compared with. A record without the
-    digest (made before records carried it) is published with a warning; the tables name such rows."""
+    version, or by an install that did not reproduce its pins: on the shared board it would rank beside results
+    it cannot be compared with. A record without the digest for another reason (made before records carried it,
+    pins missing) is published with a warning; the tables name such rows as unverified."""
     from bench.numerics import numerics_digest
     from bench.protocol import PROTOCOLS
 
@@ -366,9 +367,17 @@ def _check_numerics(record: Record) -> None:
     if registered is None or registered.sha256 != proto["sha256"]:
         return
     have, want = record.provenance.get("numerics"), numerics_digest(registered)
+    how = str(record.provenance.get("numerics_check") or "made before records carried it")
+    if have is None and how.endswith("values moved"):
+        raise PublishError(
+            f"refusing to publish {record.file_stem}: the install that made it did not reproduce the reference "
+            f"numerics of {registered.id} ({how}; bench/numerics.py, `transferbench selfcheck` shows which), so its "
+            "numbers cannot be compared with the leaderboard's. Evaluate it again on an install that passes "
+            "`transferbench selfcheck`."
+        )
     if have is None:
-        log.warning("%s carries no reference-numerics digest (made before records had one): the leaderboard "
-                    "will name it beside newer rows", record.file_stem)  # fmt: skip
+        log.warning("%s carries no reference-numerics digest (%s): the leaderboard will name it as unverified",
+                    record.file_stem, how)  # fmt: skip
     elif want is not None and have != want:
         raise PublishError(
             f"refusing to publish {record.file_stem}: it was made by code that computes {registered.id} differently "

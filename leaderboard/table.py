@@ -53,7 +53,8 @@ def numerics_note(df: pd.DataFrame) -> str:
     rows = "; ".join(f"{d or 'unverified'}: {', '.join(map(str, df.loc[df['numerics'] == d, 'surrogate']))}"
                      for d in digests)  # fmt: skip
     return (f"rows made by code that computes this protocol differently (reference numerics {rows}): differences "
-            "between them may come from the code, not the surrogates; re-evaluate the older rows")  # fmt: skip
+            "between them may come from the code, not the surrogates; re-evaluate the rows of older or unverified "
+            "code with one version that passes `transferbench selfcheck`")  # fmt: skip
 
 
 def group_notes(df: pd.DataFrame) -> list[str]:

@@ -191,6 +191,7 @@ def test_ranked_exports_name_rows_made_by_code_with_other_reference_numerics() -
     md = render([a, b], "md")
     assert "reference numerics 22222222: b; 11111111: a" in md.splitlines()[0]
     assert "numerics |" not in md  # named by the note; no column in a paper's table
+    assert "| numerics |" in render([a, b], "md", which="long")  # no note there: the column stays
     long = long_table([a, b])
     assert set(long["numerics"]) == {"1" * 64, "2" * 64}
 

@@ -165,6 +165,10 @@ def test_a_record_made_by_code_that_computes_differently_is_not_published(
     with pytest.raises(PublishError, match=r"computes smoke-digits-v2 differently .*ffffffffffff vs .*Re-evaluate"):
         publish(other, cfg)
     assert hub.count("POST", "/commit/") == 0
+    moved = make_record("sur-d")
+    moved.provenance.update(numerics=None, numerics_check="3 values moved")
+    with pytest.raises(PublishError, match=r"did not reproduce the reference numerics .*3 values moved.*selfcheck"):
+        publish(moved, cfg)
     older = make_record("sur-b")  # no digest: made before records carried one
     publish(older, cfg)
     assert "carries no reference-numerics digest" in caplog.text

@@ -167,3 +167,15 @@ def test_an_evaluation_stamps_the_digest_only_where_this_install_reproduces_the_
     monkeypatch.setattr(sharpness, "_random_like", lambda params, gen, kind: original(params, gen, "gaussian"))
     digest, how = numerics.verified_digest(SMOKE)
     assert digest is None and how.endswith("values moved")
+
+
+def test_the_metrics_run_in_float64_only_for_an_all_float64_model() -> None:
+    from torch import nn
+
+    from bench.metrics.similarity import metric_dtype
+
+    assert metric_dtype(nn.Linear(2, 2)) == torch.float32
+    assert metric_dtype(nn.Linear(2, 2).double()) == torch.float64
+    assert metric_dtype(nn.Sequential(nn.Linear(2, 2).double(), nn.Linear(2, 2))) == torch.float32  # mixed
+    assert metric_dtype(nn.Linear(2, 2).bfloat16()) == torch.float32
+    assert metric_dtype(nn.Flatten()) == torch.float32  # no parameters

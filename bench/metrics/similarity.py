@@ -56,8 +56,8 @@ def metric_dtype(model: nn.Module) -> torch.dtype:
     """The dtype the metrics compute in for ``model``: float32 (the benchmark's models), float64 for a model whose
     parameters are float64 (the reference numerics of bench/numerics.py, where the last bits must not depend on
     the machine)."""
-    p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    return torch.float64 if params and all(p.dtype == torch.float64 for p in params) else torch.float32
 
 
 def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
