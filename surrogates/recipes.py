@@ -482,6 +482,12 @@ def _save_early_stopping(
                                          "final": f"{out.name}-final"})  # fmt: skip
         spec.save(model, out.with_name(names[i]), meta, overwrite)
 
+    if overwrite:  # the previous run's outputs go first: an interruption below leaves no selected checkpoint
+        # beside new siblings (a rerun then refuses the leftovers), and no -epochNNN of other milestones stays
+        fresh = {out.with_name(n) for n in names.values()}
+        for stale in [out, *(p for p in _early_stopping_siblings(out)[1:] if p not in fresh)]:
+            if stale.is_dir():
+                shutil.rmtree(stale)
     for i in range(len(ckpts.saved)):
         if i != selected:
             save_checkpoint(i)

@@ -647,6 +647,31 @@ def test_early_stopping_keeps_the_weights_right_after_each_decay(digits: ImageSe
     assert (out / "model.safetensors").read_bytes() == (short / "model.safetensors").read_bytes()
 
 
+def test_an_early_stopping_overwrite_replaces_the_whole_previous_run(
+    digits: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No checkpoint of the previous run stays beside the new one: neither a -epochNNN of other milestones nor,
+    when the new run is cut short while saving, the previous selected checkpoint."""
+    first = train_quick("early-stopping", digits, tmp_path / "es", epochs=4, lr_milestones="1,3")
+    assert (tmp_path / "es-epoch004").is_dir()
+    ov = {**QUICK, "epochs": 3, "lr_milestones": "1,2"}
+    train_recipe("early-stopping", digits, arch=TINY_ARCH[0], arch_kwargs=TINY_ARCH[1], out_dir=first, overrides=ov,
+                 overwrite=True)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["es", "es-epoch003", "es-final"]
+    spec_save = ModelSpec.save
+
+    def cut_short(self, model, out, meta, overwrite):  # type: ignore[no-untyped-def]
+        if out.name == "es-final":
+            raise KeyboardInterrupt
+        return spec_save(self, model, out, meta, overwrite)
+
+    monkeypatch.setattr(ModelSpec, "save", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        train_recipe("early-stopping", digits, arch=TINY_ARCH[0], arch_kwargs=TINY_ARCH[1], out_dir=first,
+                     overrides=ov, overwrite=True)  # fmt: skip
+    assert not first.exists()  # the old selected checkpoint is gone: a rerun sees the leftovers, not a member
+
+
 def test_lgv_collects_k_distinct_members_and_continues_a_given_model(digits: ImageSet, tmp_path: Path) -> None:
     base = train_quick("st", digits, tmp_path / "base", epochs=2)
     out = train_quick("lgv", digits, tmp_path / "lgv", lgv_epochs=2, lgv_per_epoch=2, lgv_init=str(base))
