@@ -82,10 +82,13 @@ def _authors(meta: dict[str, Any]) -> str | None:
 
 
 def _produced_by(p: dict[str, Any]) -> str:
-    """``Computed with TransferBench <version> (git <sha>), torch <v>, CUDA <v>, on <device>`` from a record."""
+    """``Computed with TransferBench <version> (git <sha>, reference numerics <digest>), torch <v>, CUDA <v>, on
+    <device>`` from a record (``unverified`` numerics where it carries no digest)."""
+    numerics = str(p.get("numerics") or "unverified")[:16]
     return (f"Computed with TransferBench {bib_escape(p.get('package_version', ''))} "
-            f"(git {bib_escape(p.get('git_sha') or 'n/a')}), torch {bib_escape(p.get('torch') or 'n/a')}, "
-            f"CUDA {bib_escape(p.get('cuda') or 'none')}, on {bib_escape(p.get('device') or 'n/a')}")  # fmt: skip
+            f"(git {bib_escape(p.get('git_sha') or 'n/a')}, reference numerics {bib_escape(numerics)}), "
+            f"torch {bib_escape(p.get('torch') or 'n/a')}, CUDA {bib_escape(p.get('cuda') or 'none')}, on "
+            f"{bib_escape(p.get('device') or 'n/a')}")  # fmt: skip
 
 
 def entry_bibtex(record: Record) -> str:

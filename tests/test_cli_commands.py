@@ -45,6 +45,12 @@ def test_cite_prints_bibtex_for_a_record(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["cite", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count("@") >= 3 and "sur-a" in out and "Little Robustness" in out
+    assert "reference numerics unverified" in out  # the record carries no digest
+    rec = make_record("sur-b")
+    rec.provenance["numerics"] = "ab" * 32
+    (path,) = _stored(tmp_path / "b", rec)
+    assert main(["cite", str(path)]) == 0
+    assert "reference numerics abababababababab" in capsys.readouterr().out
 
 
 def test_publish_and_pull_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

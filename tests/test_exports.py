@@ -463,7 +463,10 @@ def test_entry_bibtex_carries_protocol_hash_score_and_data_hash() -> None:
     assert bib_escape("a\\b") == r"a\textbackslash{}b"
     for t in SMOKE.targets:  # the weights every ASR was measured on
         assert f"{t} {rec.targets[t]['sha256']}" in entry
-    assert "Computed with TransferBench 0.1.0 (git n/a), torch 2.0.0, CUDA none, on cpu (test)" in entry
+    assert (
+        "Computed with TransferBench 0.1.0 (git n/a, reference numerics unverified), torch 2.0.0, CUDA none, on cpu"
+        in entry
+    )
 
 
 def test_benchmark_and_seed_bibtex() -> None:
