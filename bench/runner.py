@@ -499,16 +499,15 @@ def evaluate(
     (a ``DeterminismError`` naming it). Batch shapes change float rounding, so the batch size is then fixed
     (``batch_size``, else ``DEFAULT_BATCH_SIZE``) and an out-of-memory error ends the run instead of backing off.
     CPU runs are deterministic either way. ``provenance.math`` records it.
-    Before anything else, the protocol's reference numerics are reproduced on the CPU (``bench.numerics``; seconds,
-    once per process): ``provenance.numerics`` is their digest where this install reproduces them, else null,
-    and ``provenance.numerics_check`` says why.
+    Once the arguments are checked, the protocol's reference numerics are reproduced on the CPU (``bench.numerics``;
+    seconds, once per process): ``provenance.numerics`` is their digest where this install reproduces them, else
+    null, and ``provenance.numerics_check`` says why.
     """
     used = protocol.precision if precision is None else precision
     if used not in PRECISIONS:
         raise EvaluationError(f"unknown precision {used!r}; use one of {', '.join(PRECISIONS)}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise EvaluationError(f"batch_size must be a positive int or None (sized from free memory), got {batch_size!r}")
-    verified_digest(protocol)  # the reference numerics, reproduced on the CPU first (once per process and protocol)
     # refusals_named: an op refused by deterministic mode that the check on two images did not meet
     refused = refusals_named(f"the evaluation of {surrogate.name} (surrogate or a target)")
     with ieee_fp32(), deterministic_algorithms(deterministic), refused:
@@ -554,6 +553,7 @@ def _evaluate(
         raise EvaluationError("a target may not be named 'surrogate': records use that name for the surrogate's bits")
     _check_input_size(surrogate, members, protocol)
     _check_target_sizes(targets, protocol)
+    verified_digest(protocol)  # the reference numerics, reproduced on the CPU (once per process and protocol)
     images = select_images(protocol, data, limit)
     torch.manual_seed(protocol.seed)  # nothing should draw from it; set so that anything that does is repeatable
     fast = [prepare(m, precision, channels_last=channels_last) for m in members]
