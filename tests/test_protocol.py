@@ -56,6 +56,21 @@ def test_target_labels_are_fixed_and_never_the_true_class(name: str) -> None:
         assert abs(int((counts > 0).sum()) - expected) < 0.1 * expected
 
 
+def test_target_labels_and_attack_draws_follow_the_protocol_seed() -> None:
+    """Every registered protocol has seed 0, so the reference numerics cannot see a rule that ignores the seed."""
+    from bench.attacks import run_attack
+
+    p = get_protocol("smoke-digits")
+    other = dataclasses.replace(p, seed=1)
+    ids, labels = torch.tensor(p.image_ids[:200]), torch.arange(200) % p.num_classes
+    assert not torch.equal(p.target_labels(ids, labels), other.target_labels(ids, labels))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    runs = [run_attack("dim", model, x, labels[:8], 32 / 255, steps=3, targeted=False, ids=ids[:8], seed=s,
+                       params={"resize_rate": 1.25}) for s in (0, 1, 0)]  # fmt: skip
+    assert torch.equal(runs[0], runs[2]) and not torch.equal(runs[0], runs[1])
+
+
 def test_any_field_change_changes_the_hash() -> None:
     p = get_protocol("cifar10")
     for change in ({"seed": 1}, {"eps_255": (4, 8)}, {"smoothness_iters": 21}, {"targets": p.targets[:2]}):
