@@ -150,8 +150,7 @@ def _attack_values(protocol: Protocol, model: nn.Module, x: torch.Tensor, y: tor
         x_adv = run_attack(cell.attack, m, xs, t if targeted else y, cell.eps, steps=spec.steps, targeted=targeted,
                            ids=ids, seed=protocol.seed, params=spec.kwargs)  # fmt: skip
         with torch.no_grad():
-            pred = m(x_adv).argmax(1)
-        success = pred == t if targeted else pred != y
+            success = cell.success(m(x_adv).argmax(1), y, t)
         out.update(_delta_summary(cell.key, x_adv, x, weights))
         out.update({f"{cell.key}.success[{i}]": bool(s) for i, s in enumerate(success)})
         out[f"{cell.key}.gradient_evals"] = attack_cost(cell.attack, spec.steps, spec.kwargs)
@@ -312,27 +311,30 @@ def verified_digest(protocol: Protocol) -> tuple[str | None, str]:
     changes while it runs (a notebook that reloads modules) must clear ``_VERIFIED``. The check runs the CPU's
     kernels; a GPU run's own rounding is not part of it."""
     if protocol.sha256 not in _VERIFIED:
-        try:
-            load_pins()
-        except PinsError as e:
-            log.warning("the reference numerics cannot be checked: %s", e)
-            _VERIFIED[protocol.sha256] = (None, f"not checked: {e}")
-            return _VERIFIED[protocol.sha256]
-        digest = numerics_digest(protocol)
-        if digest is None:
-            result: tuple[str | None, str] = (None, "no pins for this protocol hash")
-        else:
-            try:
-                drifts = check([protocol])
-            except external.OptionalDependencyError as e:  # AutoAttack's torchattacks is not installed
-                result = (None, f"not checked: {e}")
-            else:
-                result = (digest, "reproduced") if not drifts else (None, f"{len(drifts)} values moved")
-                if drifts:
-                    log.warning("%s: this install does not reproduce the protocol's reference numerics; the record "
-                                "is stamped without them.\n%s", protocol.id, drift_report(drifts))  # fmt: skip
-        _VERIFIED[protocol.sha256] = result
+        _VERIFIED[protocol.sha256] = _verify(protocol)
     return _VERIFIED[protocol.sha256]
+
+
+def _verify(protocol: Protocol) -> tuple[str | None, str]:
+    """:func:`verified_digest` without its cache (the pins file is read once)."""
+    try:
+        pins = load_pins()
+    except PinsError as e:
+        log.warning("the reference numerics cannot be checked: %s", e)
+        return None, f"not checked: {e}"
+    try:
+        pinned = str(pinned_entry(protocol, pins)["digest"])
+    except (PinsError, KeyError):
+        return None, "no pins for this protocol hash"
+    try:
+        drifts = check([protocol], pins)
+    except external.OptionalDependencyError as e:  # AutoAttack's torchattacks is not installed
+        return None, f"not checked: {e}"
+    if drifts:
+        log.warning("%s: this install does not reproduce the protocol's reference numerics; the record is stamped "
+                    "without them.\n%s", protocol.id, drift_report(drifts))  # fmt: skip
+        return None, f"{len(drifts)} values moved"
+    return pinned, "reproduced"
 
 
 def check(protocols: Iterable[Protocol] | None = None, pins: dict[str, Any] | None = None) -> list[Drift]:

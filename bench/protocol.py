@@ -71,6 +71,11 @@ class Cell:
     def key(self) -> str:
         return f"{self.attack}/linf-{self.eps_255}/{self.mode}"
 
+    def success(self, pred: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Per image, whether predictions ``pred`` count as a success in this cell's mode: the target label ``t``
+        (targeted), anything but the true label ``y`` (untargeted)."""
+        return pred == t if self.mode == "targeted" else pred != y
+
 
 @dataclass(frozen=True)
 class LabelSpace:

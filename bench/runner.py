@@ -236,10 +236,6 @@ def predictions(
     return torch.cat(out)
 
 
-def _success(pred: torch.Tensor, cell: Cell, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return pred == t if cell.mode == "targeted" else pred != y
-
-
 def _craft_batch(
     model: nn.Module, scorers: dict[str, nn.Module], protocol: Protocol, cell: Cell, b: _Batches, sl: slice,
     device: torch.device,
@@ -255,7 +251,7 @@ def _craft_batch(
         for name, m in {"surrogate": model, **scorers}.items():
             logits = m(x_adv)
             check_logits(name, logits, protocol.num_classes)
-            out[name] = _success(logits.argmax(1), cell, y, t).cpu()
+            out[name] = cell.success(logits.argmax(1), y, t).cpu()
     return out
 
 

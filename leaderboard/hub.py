@@ -29,11 +29,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.hubclient import REPO_ID, http_status, network_errors, offline_var, same_content
 from leaderboard.record import Record, RecordError
 from leaderboard.store import LocalStore, atomic_write_text, protocol_key
+
+if TYPE_CHECKING:
+    from bench.protocol import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -354,17 +357,26 @@ class PullReport:
         return "\n".join([text, *(f"  rejected {r.path}: {r.reason}" for r in self.rejected)])
 
 
+def _registered(record: Record) -> Protocol | None:
+    """The registered protocol the record was evaluated under (same name, version and hash), if there is one."""
+    from bench.protocol import PROTOCOLS
+
+    proto = record.protocol
+    registered = PROTOCOLS.get(proto["name"]) if proto["name"] in PROTOCOLS else None
+    if registered is None or (registered.version, registered.sha256) != (proto["version"], proto["sha256"]):
+        return None
+    return registered
+
+
 def _check_numerics(record: Record) -> None:
     """Refuse a record made by code that computes its (registered, same-hash) protocol differently from this
     version, or by an install that did not reproduce its pins: on the shared board it would rank beside results
     it cannot be compared with. A record without the digest for another reason (made before records carried it,
     pins missing) is published with a warning; the tables name such rows as unverified."""
     from bench.numerics import numerics_digest
-    from bench.protocol import PROTOCOLS
 
-    proto = record.protocol
-    registered = PROTOCOLS.get(proto["name"]) if proto["name"] in PROTOCOLS else None
-    if registered is None or registered.sha256 != proto["sha256"]:
+    registered = _registered(record)
+    if registered is None:
         return
     have, want = record.provenance.get("numerics"), numerics_digest(registered)
     how = str(record.provenance.get("numerics_check") or "made before records carried it")
@@ -395,12 +407,10 @@ def _check_trusted(record: Record, where: str) -> None:
     """What a shared leaderboard checks beyond the schema: the numbers follow from the record's outcome bits
     (``leaderboard.consistency``), and a registered protocol's ranking rule and kind are the registry's (a record
     cannot relabel a smoke run as a benchmark one or rank by another cell)."""
-    from bench.protocol import PROTOCOLS
     from leaderboard.consistency import check_consistent
 
-    proto = record.protocol
-    registered = PROTOCOLS.get(proto["name"]) if proto["name"] in PROTOCOLS else None
-    if registered is not None and (registered.version, registered.sha256) == (proto["version"], proto["sha256"]):
+    proto, registered = record.protocol, _registered(record)
+    if registered is not None:
         for k in ("kind", "status", "ranking_cell", "ranking_asr"):
             if proto.get(k) != getattr(registered, k):
                 raise RecordError(f"{where}: protocol.{k} is {proto.get(k)!r}, but {registered.id} says "

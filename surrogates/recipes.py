@@ -45,7 +45,14 @@ from bench.registry import Registry
 from surrogates.augment import AdversarialExamples, Augment, eval_mode
 from surrogates.regularizers import INPUT_PENALTIES, Objective
 from surrogates.sam import SAM
-from surrogates.submission import SubmissionError, differing_keys, load_surrogate, save_group, save_surrogate
+from surrogates.submission import (
+    SubmissionError,
+    differing_keys,
+    load_surrogate,
+    read_config,
+    save_group,
+    save_surrogate,
+)
 from surrogates.training import EpochLog, TrainParts, evaluate_accuracy, fit, lr_factor, model_device
 
 log = logging.getLogger(__name__)
@@ -696,12 +703,11 @@ def check_seed_request(
 
 
 def _config_kind(folder: Path) -> str | None:
-    """The ``kind`` a submission folder's config.json states (None where there is no readable one)."""
+    """The ``kind`` of a submission folder's config.json (None where there is no valid one)."""
     try:
-        raw = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+        return read_config(folder).kind
+    except (SubmissionError, OSError):
         return None
-    return str(raw.get("kind", "single")) if isinstance(raw, dict) else None
 
 
 def _check_seed_members(recipe_name: str, base: RecipeConfig, seeds: Sequence[int], out: Path, arch: str,
